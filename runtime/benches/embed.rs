@@ -1,0 +1,154 @@
+//! Embedding benchmark: edgeclr (tract) against Python onnxruntime + PIL on
+//! the same model and images, in the same run. Prints a table and ratios.
+//!
+//! `cargo bench -p edgeclr --bench embed [-- --n 64]`
+//!
+//! Not a timed test: the numbers depend on the machine and its load; compare
+//! rows of one run, not runs of different days.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use edgeclr::data::Dataset;
+use edgeclr::{Encoder, LoadOptions, Manifest, Preprocessor, TractEncoder};
+use ndarray::{s, Array4};
+
+struct Row {
+    threads: usize,
+    batch: usize,
+    images_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn main() {
+    let n = std::env::args()
+        .skip_while(|a| a != "--n")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64usize);
+    let manifest = Manifest::load(&repo("models/mobilenet_v2")).expect("default model manifest");
+    let images_path = repo("data/fashion-mnist/t10k-images-idx3-ubyte.gz");
+    let data = Dataset::open(&images_path, None).expect("shipped data");
+    let n = n.min(data.len());
+    let pre = Preprocessor::new(&manifest);
+
+    // Preprocessing alone (decoded 28x28 → normalised 3x224x224).
+    let images: Vec<_> = (0..n).map(|i| data.image(i).expect("image")).collect();
+    let t = Instant::now();
+    let tensors = pre.batch(&images).expect("preprocess");
+    let pre_rate = n as f64 / t.elapsed().as_secs_f64();
+    drop(tensors);
+
+    let mut rows = Vec::new();
+    for threads in [1, 2] {
+        let options = LoadOptions { threads, embedding_only: true };
+        let mut encoder = TractEncoder::load(&manifest, &options).expect("load");
+        for batch in [1usize, 32] {
+            let warm: Array4<f32> = pre.batch(&images[..batch]).expect("warm-up batch");
+            encoder.run(warm.view()).expect("warm-up");
+            let mut lat = Vec::new();
+            let t = Instant::now();
+            for start in (0..n).step_by(batch) {
+                let t1 = Instant::now();
+                let end = (start + batch).min(n);
+                // Decode + preprocess + run: the whole pipeline, as the peer does.
+                let chunk: Vec<_> = (start..end).map(|i| data.image(i).expect("image")).collect();
+                let x = pre.batch(&chunk).expect("preprocess");
+                let out = encoder.run(x.slice(s![.., .., .., ..])).expect("run");
+                std::hint::black_box(out);
+                lat.push(t1.elapsed().as_secs_f64() * 1e3);
+            }
+            let total = t.elapsed().as_secs_f64();
+            lat.sort_by(f64::total_cmp);
+            rows.push(Row {
+                threads,
+                batch,
+                images_per_sec: n as f64 / total,
+                p50_ms: percentile(&lat, 0.5),
+                p99_ms: percentile(&lat, 0.99),
+            });
+        }
+    }
+    let rss = peak_rss_mb();
+
+    let peer = Command::new("python3")
+        .arg(repo("runtime/benches/peer_onnxruntime.py"))
+        .arg("--model")
+        .arg(&manifest.onnx)
+        .arg("--images")
+        .arg(&images_path)
+        .args(["--n", &n.to_string()])
+        .output();
+    let peer: Option<serde_json::Value> = match peer {
+        Ok(out) if out.status.success() => serde_json::from_slice(&out.stdout).ok(),
+        Ok(out) => {
+            eprintln!("peer failed: {}", String::from_utf8_lossy(&out.stderr));
+            None
+        }
+        Err(e) => {
+            eprintln!("peer not run (python3: {e})");
+            None
+        }
+    };
+    let peer_row = |threads: usize, batch: usize| {
+        peer.as_ref()?.get("embed")?.as_array()?.iter().find(|r| {
+            r["threads"].as_u64() == Some(threads as u64) && r["batch"].as_u64() == Some(batch as u64)
+        })
+    };
+
+    println!("\nedgeclr embed benchmark: {} on {n} Fashion-MNIST images (decode + preprocess + encoder)", manifest.name);
+    println!("{:<10} {:>7} {:>6} {:>12} {:>10} {:>10} {:>14} {:>10}", "runtime", "threads", "batch", "images/s", "p50 ms", "p99 ms", "ORT images/s", "tract/ORT");
+    for r in &rows {
+        let (ort_rate, ratio) = match peer_row(r.threads, r.batch).and_then(|p| p["images_per_sec"].as_f64()) {
+            Some(v) => (format!("{v:.1}"), format!("{:.2}", r.images_per_sec / v)),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "{:<10} {:>7} {:>6} {:>12.1} {:>10.1} {:>10.1} {:>14} {:>10}",
+            "tract", r.threads, r.batch, r.images_per_sec, r.p50_ms, r.p99_ms, ort_rate, ratio
+        );
+        if let Some(p) = peer_row(r.threads, r.batch) {
+            println!(
+                "{:<10} {:>7} {:>6} {:>12.1} {:>10.1} {:>10.1}",
+                "python-ort",
+                r.threads,
+                r.batch,
+                p["images_per_sec"].as_f64().unwrap_or(f64::NAN),
+                p["p50_ms"].as_f64().unwrap_or(f64::NAN),
+                p["p99_ms"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    let peer_pre = peer.as_ref().and_then(|p| p["preprocess_images_per_sec"].as_f64());
+    println!(
+        "\npreprocessing alone: edgeclr {pre_rate:.0} images/s, PIL+numpy {} images/s{}",
+        peer_pre.map_or("-".into(), |v| format!("{v:.0}")),
+        peer_pre.map_or(String::new(), |v| format!(" (ratio {:.2})", pre_rate / v))
+    );
+    println!(
+        "peak RSS: edgeclr {rss:.0} MB (both thread counts loaded in turn), python+onnxruntime {} MB",
+        peer.as_ref().and_then(|p| p["peak_rss_mb"].as_f64()).map_or("-".into(), |v| format!("{v:.0}"))
+    );
+}

@@ -1,0 +1,10 @@
+//! On-device adaptation of a small trainable head on top of a frozen encoder.
+//!
+//! Two augmented views of a batch go through the frozen ONNX encoder and the
+//! head; a contrastive objective from [`loss`] turns the two head outputs into
+//! a scalar and its analytic gradient, which the training loop backpropagates
+//! into the head. Nothing here depends on an autodiff framework: every
+//! gradient is derived by hand and checked against finite differences in
+//! `runtime/tests/losses.rs`.
+
+pub mod loss;

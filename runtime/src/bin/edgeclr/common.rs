@@ -1,0 +1,94 @@
+//! Pieces every subcommand shares: model selection, loading, progress bars.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use edgeclr::{LoadOptions, Manifest, TractEncoder};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// The model every verb uses unless told otherwise.
+pub const DEFAULT_MODEL: &str = "models/mobilenet_v2";
+
+/// Options naming and configuring the encoder.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Model: a manifest.toml, a directory holding one, or an .onnx with a
+    /// manifest beside it. Defaults to $EDGECLR_MODEL, then the shipped
+    /// MobileNetV2 (models/mobilenet_v2).
+    #[arg(long, short = 'm', value_name = "MODEL")]
+    pub model: Option<PathBuf>,
+    /// Worker threads for the backend (a Jetson Nano or Pi 4 has 4 cores).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub threads: usize,
+}
+
+impl ModelArgs {
+    /// Resolves the model path: flag, environment, then the shipped default
+    /// (relative to the working directory, else to the source tree).
+    pub fn path(&self) -> PathBuf {
+        resolve_model(self.model.as_deref())
+    }
+
+    pub fn manifest(&self) -> Result<Manifest> {
+        let path = self.path();
+        Manifest::load(&path).with_context(|| format!("loading the manifest of {}", path.display()))
+    }
+
+    pub fn load(&self, embedding_only: bool) -> Result<TractEncoder> {
+        let manifest = self.manifest()?;
+        let spinner = spinner(format!("loading {} with tract", manifest.name));
+        let options = LoadOptions {
+            threads: self.threads.max(1),
+            embedding_only,
+        };
+        let encoder = TractEncoder::load(&manifest, &options)
+            .with_context(|| format!("loading model {}", manifest.onnx.display()))?;
+        spinner.finish_and_clear();
+        Ok(encoder)
+    }
+}
+
+pub fn resolve_model(model: Option<&Path>) -> PathBuf {
+    if let Some(m) = model {
+        return m.to_path_buf();
+    }
+    if let Some(env) = std::env::var_os("EDGECLR_MODEL") {
+        return PathBuf::from(env);
+    }
+    let local = PathBuf::from(DEFAULT_MODEL);
+    if local.exists() {
+        return local;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(DEFAULT_MODEL)
+}
+
+/// The shipped data directory, relative to the working directory or the source tree.
+pub fn shipped(path: &str) -> PathBuf {
+    let local = PathBuf::from(path);
+    if local.exists() {
+        local
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+    }
+}
+
+/// A progress bar over `len` items (hidden when stderr is not a terminal).
+pub fn progress(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+pub fn spinner(msg: String) -> ProgressBar {
+    let s = ProgressBar::new_spinner();
+    s.set_message(msg);
+    s.enable_steady_tick(Duration::from_millis(120));
+    s
+}

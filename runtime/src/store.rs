@@ -1,0 +1,192 @@
+//! Embedding files on disk: `NAME.npy` (f32 `[n, d]`, loads in numpy as is),
+//! `NAME.labels.npy` (i64 `[n]`, when labelled) and `NAME.json` (provenance:
+//! model, normalisation, class names, skipped inputs). Every file is written
+//! atomically, so an interrupted run never leaves a half-written array.
+
+use std::fs::File;
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array1, Array2};
+use ndarray_npy::{ReadNpyExt, WriteNpyExt};
+use serde::{Deserialize, Serialize};
+
+/// Errors reading or writing embedding files.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot access {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a readable .npy array of the expected type and rank: {message}")]
+    Npy { path: PathBuf, message: String },
+    #[error("{path}: invalid metadata: {message}")]
+    Meta { path: PathBuf, message: String },
+    #[error("{embeddings} embeddings but {labels} labels")]
+    CountMismatch { embeddings: usize, labels: usize },
+    #[error("{path}: row {row} holds NaN or infinite values")]
+    NonFinite { path: PathBuf, row: usize },
+    #[error("{0}: no labels file beside it ({1} expected); labelled input is needed here")]
+    NoLabels(PathBuf, PathBuf),
+}
+
+/// Provenance stored beside an embedding array.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EmbeddingMeta {
+    pub model: String,
+    pub backend: String,
+    pub normalized: bool,
+    pub source: String,
+    #[serde(default)]
+    pub class_names: Option<Vec<String>>,
+    #[serde(default)]
+    pub skipped: Vec<String>,
+}
+
+/// Embeddings with optional labels and their metadata.
+#[derive(Debug, Clone)]
+pub struct EmbeddingSet {
+    pub embeddings: Array2<f32>,
+    pub labels: Option<Vec<usize>>,
+    pub meta: EmbeddingMeta,
+}
+
+/// The labels file that goes with an embeddings file.
+pub fn labels_path(npy: &Path) -> PathBuf {
+    npy.with_extension("labels.npy")
+}
+
+/// The metadata file that goes with an embeddings file.
+pub fn meta_path(npy: &Path) -> PathBuf {
+    npy.with_extension("json")
+}
+
+/// Writes `bytes` to `path` via a temporary file, fsync and rename.
+pub fn write_atomic(path: &Path, write: impl FnOnce(&mut File) -> std::io::Result<()>) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut file = File::create(&tmp).map_err(io)?;
+    write(&mut file).map_err(io)?;
+    file.flush().map_err(io)?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(io)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // Make the rename itself durable; not all filesystems allow it.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+fn npy_err(path: &Path) -> impl Fn(String) -> StoreError + '_ {
+    move |message| StoreError::Npy {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+/// Reads a 2-D f32 `.npy` and rejects non-finite rows.
+pub fn read_matrix(path: &Path) -> Result<Array2<f32>, StoreError> {
+    let file = File::open(path).map_err(|source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let x = Array2::<f32>::read_npy(BufReader::new(file)).map_err(|e| npy_err(path)(e.to_string()))?;
+    if let Some(row) = x.rows().into_iter().position(|r| r.iter().any(|v| !v.is_finite())) {
+        return Err(StoreError::NonFinite {
+            path: path.to_path_buf(),
+            row,
+        });
+    }
+    Ok(x)
+}
+
+/// Writes a 2-D f32 `.npy` atomically.
+pub fn write_matrix(path: &Path, x: &Array2<f32>) -> Result<(), StoreError> {
+    write_atomic(path, |f| {
+        x.write_npy(std::io::BufWriter::new(f)).map_err(std::io::Error::other)
+    })
+}
+
+impl EmbeddingSet {
+    /// Writes the array, labels (if any) and metadata.
+    pub fn save(&self, npy: &Path) -> Result<(), StoreError> {
+        if let Some(labels) = &self.labels {
+            if labels.len() != self.embeddings.nrows() {
+                return Err(StoreError::CountMismatch {
+                    embeddings: self.embeddings.nrows(),
+                    labels: labels.len(),
+                });
+            }
+            let arr: Array1<i64> = labels.iter().map(|&l| l as i64).collect();
+            write_atomic(&labels_path(npy), |f| {
+                arr.write_npy(std::io::BufWriter::new(f)).map_err(std::io::Error::other)
+            })?;
+        }
+        write_matrix(npy, &self.embeddings)?;
+        let meta = serde_json::to_vec_pretty(&self.meta).map_err(|e| StoreError::Meta {
+            path: meta_path(npy),
+            message: e.to_string(),
+        })?;
+        write_atomic(&meta_path(npy), |f| f.write_all(&meta))
+    }
+
+    /// Reads an embeddings file with its labels and metadata when present.
+    pub fn load(npy: &Path) -> Result<Self, StoreError> {
+        let embeddings = read_matrix(npy)?;
+        let lp = labels_path(npy);
+        let labels = if lp.is_file() {
+            let file = File::open(&lp).map_err(|source| StoreError::Io {
+                path: lp.clone(),
+                source,
+            })?;
+            let arr = Array1::<i64>::read_npy(BufReader::new(file)).map_err(|e| npy_err(&lp)(e.to_string()))?;
+            if arr.len() != embeddings.nrows() {
+                return Err(StoreError::CountMismatch {
+                    embeddings: embeddings.nrows(),
+                    labels: arr.len(),
+                });
+            }
+            let labels = arr
+                .iter()
+                .map(|&v| usize::try_from(v).map_err(|_| npy_err(&lp)(format!("negative label {v}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(labels)
+        } else {
+            None
+        };
+        let mp = meta_path(npy);
+        let meta = if mp.is_file() {
+            let text = std::fs::read_to_string(&mp).map_err(|source| StoreError::Io {
+                path: mp.clone(),
+                source,
+            })?;
+            serde_json::from_str(&text).map_err(|e| StoreError::Meta {
+                path: mp.clone(),
+                message: e.to_string(),
+            })?
+        } else {
+            EmbeddingMeta::default()
+        };
+        Ok(Self {
+            embeddings,
+            labels,
+            meta,
+        })
+    }
+
+    /// Labels, or an error saying where they were expected.
+    pub fn require_labels(&self, npy: &Path) -> Result<&[usize], StoreError> {
+        self.labels
+            .as_deref()
+            .ok_or_else(|| StoreError::NoLabels(npy.to_path_buf(), labels_path(npy)))
+    }
+}

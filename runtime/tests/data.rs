@@ -1,0 +1,72 @@
+//! Datasets and embedding files on the shipped data.
+
+mod common;
+
+use common::repo;
+use edgeclr::data::{read_idx, Dataset};
+use edgeclr::store::{EmbeddingMeta, EmbeddingSet};
+use ndarray::Array2;
+
+#[test]
+fn shipped_fashion_mnist_sample_is_balanced() {
+    for (split, per_class) in [("train", 100), ("t10k", 50)] {
+        let data = Dataset::open(&repo("data/fashion-mnist"), Some(split)).unwrap();
+        assert_eq!(data.len(), per_class * 10);
+        let labels = data.labels().unwrap();
+        for class in 0..10 {
+            assert_eq!(labels.iter().filter(|&&l| l == class).count(), per_class, "{split} class {class}");
+        }
+        let names = data.class_names().unwrap();
+        assert_eq!(names[0], "T-shirt/top");
+        assert_eq!(names[9], "Ankle boot");
+        let image = data.image(0).unwrap();
+        assert_eq!(image.dimensions(), (28, 28));
+        let px = image.get_pixel(14, 14).0;
+        assert!(px[0] == px[1] && px[1] == px[2], "grayscale replicated to RGB");
+    }
+}
+
+#[test]
+fn idx_reader_matches_the_file_header() {
+    let a = read_idx(&repo("data/fashion-mnist/t10k-images-idx3-ubyte.gz")).unwrap();
+    assert_eq!(a.dims, vec![500, 28, 28]);
+    assert_eq!(a.data.len(), 500 * 28 * 28);
+    let l = read_idx(&repo("data/fashion-mnist/t10k-labels-idx1-ubyte.gz")).unwrap();
+    assert_eq!(l.dims, vec![500]);
+    assert!(l.data.iter().all(|&v| v < 10));
+}
+
+#[test]
+fn folder_with_class_subfolders_is_labelled() {
+    let data = Dataset::open(&repo("data/fashion-folder"), None).unwrap();
+    assert_eq!(data.len(), 15);
+    assert_eq!(data.class_names().unwrap(), ["Bag", "Sneaker", "Trouser"]);
+    assert!(data.describe(5).ends_with("Sneaker/000.png"));
+    // The folder's PNGs are the same pixels as the IDX sample they came from.
+    let flat = Dataset::open(&repo("data/fashion-folder/Bag"), None).unwrap();
+    assert_eq!(flat.len(), 5);
+    assert!(flat.labels().is_none());
+}
+
+#[test]
+fn embedding_set_round_trips_through_npy() {
+    let dir = std::env::temp_dir().join(format!("edgeclr-store-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("emb.npy");
+    let set = EmbeddingSet {
+        embeddings: Array2::from_shape_fn((5, 3), |(i, j)| (i * 3 + j) as f32 * 0.5),
+        labels: Some(vec![0, 1, 2, 1, 0]),
+        meta: EmbeddingMeta {
+            model: "m".into(),
+            class_names: Some(vec!["a".into(), "b".into(), "c".into()]),
+            ..EmbeddingMeta::default()
+        },
+    };
+    set.save(&path).unwrap();
+    let back = EmbeddingSet::load(&path).unwrap();
+    assert_eq!(back.embeddings, set.embeddings);
+    assert_eq!(back.labels, set.labels);
+    assert_eq!(back.meta.class_names, set.meta.class_names);
+    assert!(!dir.join("emb.npy.tmp").exists(), "no temporary file left behind");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Independent numpy references for the contrastive losses in
+``runtime/src/adapt/loss/`` (tested by ``runtime/tests/losses.rs``).
+
+Every loss is written here as the literal formula from its paper / reference
+code, in float64, sharing no code or structure with the Rust implementation
+(no log-sum-exp tricks where the inputs make them unnecessary, explicit loops
+where that is the most readable).
+
+Inputs are seeded random float32 arrays (the Rust side reads exactly these
+values and converts them to f64, as numpy does here):
+
+  z1.npy, z2.npy      [B, D]  two "views": raw head outputs with row norms in
+                              [0.5, 3] (so the L2 normalisation matters);
+                              z2 = z1 direction + noise
+  queue.npy           [K, D]  MoCo queue, rows L2-normalised in float64 then
+                              stored as float32 (used as given, not
+                              renormalised, on both sides)
+  p1.npy, p2.npy      [B, D]  BYOL online predictions (targets are z1, z2)
+  sp1.npy, sp2.npy    [B, D]  spectral-loss inputs with row norms chosen away
+                              from sqrt(mu) for every mu used, so that both
+                              branches of the ball projection are exercised
+                              and finite differences never straddle it
+
+``losses_ref.json`` holds, for every case, the parameters and the float64
+value. The HCL cases also record how many anchors hit the reference's clamp
+and the smallest relative distance to it (``clamp_margin``).
+
+Formulas (u = z / ||z||, row-wise):
+
+  nt_xent      views Z = [u1; u2] (2B rows); anchor a, partner p(a);
+               l_a = -log( exp(Z_a.Z_p/tau) / sum_{k != a} exp(Z_a.Z_k/tau) )
+               L = mean_a l_a
+  hcl          Robinson et al. 2021, `criterion(estimator='hard')` of the
+               reference code github.com/joshr17/HCL image/main.py:
+               neg = exp(Z Z^T / tau) minus self and partner (N = 2B-2),
+               pos = exp(u1.u2 / tau) for both halves,
+               imp = exp(beta * log(neg)),
+               Ng = (-tau_plus*N*pos + sum(imp*neg)/mean(imp)) / (1-tau_plus),
+               Ng = max(Ng, N * e^(-1/tau)),  L = mean(-log(pos/(pos+Ng)))
+  infonce_bank logits = [q.k, q.queue^T] / tau (q, k normalised),
+               L = mean cross-entropy with target 0
+  align_uniform  mean ||u1-u2||^2 + lam*(U(u1)+U(u2))/2,
+               U(u) = log mean_{i<j} exp(-t ||u_i-u_j||^2)
+  spectral     jhaochenz96/spectral_contrastive_learning models/spectral.py D():
+               rows with norm >= sqrt(mu) are rescaled to norm sqrt(mu), then
+               (-2 mean_i z1_i.z2_i + mean_{i!=j} (z1_i.z2_j)^2) / mu
+  sigmoid      SigLIP: logits = exp(t') u1 u2^T + b, y = 2I - 1,
+               L = -(1/B) sum_ij log sigmoid(y_ij logits_ij)
+  byol         mean_i (2 - 2 p_i.z_i / (|p_i| |z_i|));
+               symmetric = byol(p1, z2) + byol(p2, z1)
+
+Usage (from the repository root; deterministic, rewrites the files):
+
+    python3 runtime/tests/reference/losses_ref.py \
+        [--out runtime/tests/data/losses] [--seed 20240611] [--batch 8] \
+        [--dim 16] [--queue 32]
+"""
+
+import argparse
+import json
+import math
+import os
+
+import numpy as np
+
+
+def normalize(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def nt_xent(z1, z2, tau):
+    u = np.concatenate([normalize(z1), normalize(z2)], axis=0)
+    n = u.shape[0]
+    b = n // 2
+    losses = []
+    for a in range(n):
+        p = a + b if a < b else a - b
+        num = math.exp(u[a] @ u[p] / tau)
+        den = sum(math.exp(u[a] @ u[k] / tau) for k in range(n) if k != a)
+        losses.append(-math.log(num / den))
+    return float(np.mean(losses))
+
+
+def hcl(z1, z2, tau, beta, tau_plus):
+    """Returns (loss, #clamped anchors, min relative distance to the clamp)."""
+    out_1, out_2 = normalize(z1), normalize(z2)
+    b = out_1.shape[0]
+    out = np.concatenate([out_1, out_2], axis=0)
+    neg_full = np.exp(out @ out.T / tau)
+    mask = np.ones((2 * b, 2 * b), dtype=bool)
+    for i in range(b):
+        mask[i, i] = mask[i, i + b] = False
+        mask[i + b, i + b] = mask[i + b, i] = False
+    neg = neg_full[mask].reshape(2 * b, -1)
+    pos = np.exp(np.sum(out_1 * out_2, axis=-1) / tau)
+    pos = np.concatenate([pos, pos], axis=0)
+    n = 2 * b - 2
+    imp = np.exp(beta * np.log(neg))
+    reweight_neg = (imp * neg).sum(axis=-1) / imp.mean(axis=-1)
+    ng = (-tau_plus * n * pos + reweight_neg) / (1 - tau_plus)
+    floor = n * math.e ** (-1 / tau)
+    clamped = int(np.sum(ng < floor))
+    margin = float(np.min(np.abs(ng - floor) / floor))
+    ng = np.maximum(ng, floor)
+    loss = float(np.mean(-np.log(pos / (pos + ng))))
+    return loss, clamped, margin
+
+
+def infonce_bank(q, k, queue, tau):
+    qn, kn = normalize(q), normalize(k)
+    losses = []
+    for i in range(q.shape[0]):
+        logits = [qn[i] @ kn[i] / tau] + [qn[i] @ queue[j] / tau for j in range(queue.shape[0])]
+        logits = np.array(logits)
+        log_softmax0 = logits[0] - math.log(np.sum(np.exp(logits)))
+        losses.append(-log_softmax0)
+    return float(np.mean(losses))
+
+
+def uniform_loss(u, t):
+    vals = []
+    for i in range(u.shape[0]):
+        for j in range(i + 1, u.shape[0]):
+            vals.append(math.exp(-t * np.sum((u[i] - u[j]) ** 2)))
+    return math.log(np.mean(vals))
+
+
+def align_uniform(z1, z2, lam, t):
+    u1, u2 = normalize(z1), normalize(z2)
+    align = float(np.mean(np.sum((u1 - u2) ** 2, axis=1)))
+    return align + lam * (uniform_loss(u1, t) + uniform_loss(u2, t)) / 2
+
+
+def spectral(z1, z2, mu):
+    r = math.sqrt(mu)
+
+    def project(z):
+        out = z.copy()
+        for i in range(z.shape[0]):
+            nrm = np.linalg.norm(z[i])
+            if not nrm < r:
+                out[i] = z[i] / nrm * r
+        return out
+
+    a, c = project(z1), project(z2)
+    b = a.shape[0]
+    part1 = -2 * np.mean([a[i] @ c[i] for i in range(b)])
+    part2 = np.mean([(a[i] @ c[j]) ** 2 for i in range(b) for j in range(b) if i != j])
+    return float((part1 + part2) / mu)
+
+
+def sigmoid_loss(z1, z2, t_prime, bias):
+    u1, u2 = normalize(z1), normalize(z2)
+    b = u1.shape[0]
+    total = 0.0
+    for i in range(b):
+        for j in range(b):
+            y = 1.0 if i == j else -1.0
+            logit = math.exp(t_prime) * (u1[i] @ u2[j]) + bias
+            total += math.log(1.0 / (1.0 + math.exp(-y * logit)))
+    return -total / b
+
+
+def byol(p, z):
+    cos = np.sum(p * z, axis=1) / (np.linalg.norm(p, axis=1) * np.linalg.norm(z, axis=1))
+    return float(np.mean(2 - 2 * cos))
+
+
+def rows_with_norms(rng, b, d, norms):
+    x = normalize(rng.standard_normal((b, d)))
+    return x * np.asarray(norms)[:, None]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    here = os.path.dirname(os.path.abspath(__file__))
+    parser.add_argument("--out", default=os.path.join(here, "..", "data", "losses"))
+    parser.add_argument("--seed", type=int, default=20240611)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--queue", type=int, default=32)
+    args = parser.parse_args()
+    b, d, k = args.batch, args.dim, args.queue
+    rng = np.random.default_rng(args.seed)
+
+    base = normalize(rng.standard_normal((b, d)))
+    z1 = base + 0.4 * rng.standard_normal((b, d)) / math.sqrt(d)
+    z2 = base + 0.4 * rng.standard_normal((b, d)) / math.sqrt(d)
+    z1 = normalize(z1) * rng.uniform(0.5, 3.0, (b, 1))
+    z2 = normalize(z2) * rng.uniform(0.5, 3.0, (b, 1))
+    queue = normalize(rng.standard_normal((k, d)))
+    p1 = z1 + 0.3 * rng.standard_normal((b, d))
+    p2 = z2 + 0.3 * rng.standard_normal((b, d))
+    # Norms away from sqrt(mu) for mu in {1, 2} (1 and 1.414).
+    norm_pool = [0.5, 0.7, 0.85, 1.2, 1.3, 1.7, 2.2, 0.6, 1.25, 1.8]
+    sp1 = rows_with_norms(rng, b, d, rng.permutation(norm_pool)[:b])
+    sp2 = sp1 + 0.3 * rng.standard_normal((b, d)) / math.sqrt(d)
+    sp2 = normalize(sp2) * np.asarray(rng.permutation(norm_pool)[:b])[:, None]
+
+    arrays = {
+        "z1": z1, "z2": z2, "queue": queue, "p1": p1, "p2": p2, "sp1": sp1, "sp2": sp2,
+    }
+    os.makedirs(args.out, exist_ok=True)
+    f64 = {}
+    for name, arr in arrays.items():
+        a32 = np.ascontiguousarray(arr, dtype=np.float32)
+        np.save(os.path.join(args.out, name + ".npy"), a32)
+        f64[name] = a32.astype(np.float64)
+    z1, z2, queue, p1, p2, sp1, sp2 = (f64[n] for n in arrays)
+
+    for mu in (1.0, 2.0):
+        for sp in (sp1, sp2):
+            gap = np.min(np.abs(np.linalg.norm(sp, axis=1) - math.sqrt(mu)))
+            assert gap > 0.05, f"spectral input too close to the projection boundary: {gap}"
+
+    cases = []
+
+    def add(loss, params, value, **extra):
+        cases.append({"loss": loss, "params": params, "value": value, **extra})
+
+    for tau in (0.1, 0.5):
+        add("nt_xent", {"tau": tau}, nt_xent(z1, z2, tau))
+    for tau, beta, tau_plus in ((0.5, 0.0, 0.0), (0.5, 1.0, 0.1), (0.2, 0.5, 0.05), (0.5, 1.0, 0.4)):
+        value, clamped, margin = hcl(z1, z2, tau, beta, tau_plus)
+        add("hcl", {"tau": tau, "beta": beta, "tau_plus": tau_plus}, value,
+            clamped=clamped, clamp_margin=margin)
+    for tau in (0.07, 0.2):
+        add("infonce_bank", {"tau": tau}, infonce_bank(z1, z2, queue, tau))
+    for lam, t in ((1.0, 2.0), (0.5, 3.0)):
+        add("align_uniform", {"lambda": lam, "t": t}, align_uniform(z1, z2, lam, t))
+    for mu in (1.0, 2.0):
+        add("spectral", {"mu": mu}, spectral(sp1, sp2, mu))
+    for t_prime, bias in ((math.log(10.0), -10.0), (math.log(5.0), -2.0)):
+        add("sigmoid", {"t_prime": t_prime, "bias": bias}, sigmoid_loss(z1, z2, t_prime, bias))
+    add("byol", {}, byol(p1, z2))
+    add("byol_symmetric", {}, byol(p1, z2) + byol(p2, z1))
+
+    meta = {
+        "generator": "runtime/tests/reference/losses_ref.py",
+        "seed": args.seed,
+        "numpy": np.__version__,
+        "shapes": {n: list(a.shape) for n, a in f64.items()},
+        "cases": cases,
+    }
+    with open(os.path.join(args.out, "losses_ref.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
+    for c in cases:
+        print(c)
+
+
+if __name__ == "__main__":
+    main()
