@@ -23,7 +23,9 @@ struct Row {
 }
 
 fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -35,9 +37,11 @@ fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
@@ -63,7 +67,10 @@ fn main() {
 
     let mut rows = Vec::new();
     for threads in [1, 2] {
-        let options = LoadOptions { threads, embedding_only: true };
+        let options = LoadOptions {
+            threads,
+            embedding_only: true,
+        };
         let mut encoder = TractEncoder::load(&manifest, &options).expect("load");
         for batch in [1usize, 32] {
             let warm: Array4<f32> = pre.batch(&images[..batch]).expect("warm-up batch");
@@ -74,7 +81,9 @@ fn main() {
                 let t1 = Instant::now();
                 let end = (start + batch).min(n);
                 // Decode + preprocess + run: the whole pipeline, as the peer does.
-                let chunk: Vec<_> = (start..end).map(|i| data.image(i).expect("image")).collect();
+                let chunk: Vec<_> = (start..end)
+                    .map(|i| data.image(i).expect("image"))
+                    .collect();
                 let x = pre.batch(&chunk).expect("preprocess");
                 let out = encoder.run(x.slice(s![.., .., .., ..])).expect("run");
                 std::hint::black_box(out);
@@ -114,17 +123,25 @@ fn main() {
     };
     let peer_row = |threads: usize, batch: usize| {
         peer.as_ref()?.get("embed")?.as_array()?.iter().find(|r| {
-            r["threads"].as_u64() == Some(threads as u64) && r["batch"].as_u64() == Some(batch as u64)
+            r["threads"].as_u64() == Some(threads as u64)
+                && r["batch"].as_u64() == Some(batch as u64)
         })
     };
 
-    println!("\nedgeclr embed benchmark: {} on {n} Fashion-MNIST images (decode + preprocess + encoder)", manifest.name);
-    println!("{:<10} {:>7} {:>6} {:>12} {:>10} {:>10} {:>14} {:>10}", "runtime", "threads", "batch", "images/s", "p50 ms", "p99 ms", "ORT images/s", "tract/ORT");
+    println!(
+        "\nedgeclr embed benchmark: {} on {n} Fashion-MNIST images (decode + preprocess + encoder)",
+        manifest.name
+    );
+    println!(
+        "{:<10} {:>7} {:>6} {:>12} {:>10} {:>10} {:>14} {:>10}",
+        "runtime", "threads", "batch", "images/s", "p50 ms", "p99 ms", "ORT images/s", "tract/ORT"
+    );
     for r in &rows {
-        let (ort_rate, ratio) = match peer_row(r.threads, r.batch).and_then(|p| p["images_per_sec"].as_f64()) {
-            Some(v) => (format!("{v:.1}"), format!("{:.2}", r.images_per_sec / v)),
-            None => ("-".into(), "-".into()),
-        };
+        let (ort_rate, ratio) =
+            match peer_row(r.threads, r.batch).and_then(|p| p["images_per_sec"].as_f64()) {
+                Some(v) => (format!("{v:.1}"), format!("{:.2}", r.images_per_sec / v)),
+                None => ("-".into(), "-".into()),
+            };
         println!(
             "{:<10} {:>7} {:>6} {:>12.1} {:>10.1} {:>10.1} {:>14} {:>10}",
             "tract", r.threads, r.batch, r.images_per_sec, r.p50_ms, r.p99_ms, ort_rate, ratio
@@ -141,7 +158,9 @@ fn main() {
             );
         }
     }
-    let peer_pre = peer.as_ref().and_then(|p| p["preprocess_images_per_sec"].as_f64());
+    let peer_pre = peer
+        .as_ref()
+        .and_then(|p| p["preprocess_images_per_sec"].as_f64());
     println!(
         "\npreprocessing alone: edgeclr {pre_rate:.0} images/s, PIL+numpy {} images/s{}",
         peer_pre.map_or("-".into(), |v| format!("{v:.0}")),

@@ -81,21 +81,20 @@ pub fn embed_dataset(
     let mut indices = Vec::new();
     let mut skipped = Vec::new();
     let [a, b, c] = preprocessor.sample_shape();
-    let total = options.limit.map_or(dataset.len(), |l| l.min(dataset.len()));
+    let total = options
+        .limit
+        .map_or(dataset.len(), |l| l.min(dataset.len()));
     let mut start = 0;
     while start < total {
         let end = (start + batch_size).min(total);
         let mut batch = Array4::<f32>::zeros((end - start, a, b, c));
         let mut filled = 0;
         for index in start..end {
-            let outcome = dataset
-                .image(index)
-                .map_err(Error::from)
-                .and_then(|img| {
-                    preprocessor
-                        .write_into(&img, batch.slice_mut(s![filled, .., .., ..]))
-                        .map_err(Error::from)
-                });
+            let outcome = dataset.image(index).map_err(Error::from).and_then(|img| {
+                preprocessor
+                    .write_into(&img, batch.slice_mut(s![filled, .., .., ..]))
+                    .map_err(Error::from)
+            });
             match outcome {
                 Ok(()) => {
                     indices.push(index);

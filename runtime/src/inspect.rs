@@ -14,7 +14,10 @@ use crate::backend::ModelError;
 
 /// Hex sha256 of a byte string, the form manifests store.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Parses ONNX bytes into the protobuf model; `path` is only used in errors.
@@ -103,7 +106,16 @@ impl OnnxSummary {
             opsets: model
                 .opset_import
                 .iter()
-                .map(|o| (if o.domain.is_empty() { "ai.onnx".into() } else { o.domain.clone() }, o.version))
+                .map(|o| {
+                    (
+                        if o.domain.is_empty() {
+                            "ai.onnx".into()
+                        } else {
+                            o.domain.clone()
+                        },
+                        o.version,
+                    )
+                })
                 .collect(),
             inputs: graph
                 .input
@@ -169,7 +181,11 @@ impl fmt::Display for TensorInfo {
 impl fmt::Display for OnnxSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "producer:    {}", self.producer)?;
-        let opsets: Vec<String> = self.opsets.iter().map(|(d, v)| format!("{d} {v}")).collect();
+        let opsets: Vec<String> = self
+            .opsets
+            .iter()
+            .map(|(d, v)| format!("{d} {v}"))
+            .collect();
         writeln!(f, "opsets:      {}", opsets.join(", "))?;
         for i in &self.inputs {
             writeln!(f, "input:       {i}")?;
@@ -177,8 +193,17 @@ impl fmt::Display for OnnxSummary {
         for o in &self.outputs {
             writeln!(f, "output:      {o}")?;
         }
-        writeln!(f, "parameters:  {} ({:.1} MB as f32)", self.parameters, self.parameters as f64 * 4.0 / 1e6)?;
-        let ops: Vec<String> = self.op_counts.iter().map(|(k, v)| format!("{k}×{v}")).collect();
+        writeln!(
+            f,
+            "parameters:  {} ({:.1} MB as f32)",
+            self.parameters,
+            self.parameters as f64 * 4.0 / 1e6
+        )?;
+        let ops: Vec<String> = self
+            .op_counts
+            .iter()
+            .map(|(k, v)| format!("{k}×{v}"))
+            .collect();
         write!(f, "nodes:       {} ({})", self.nodes, ops.join(", "))
     }
 }

@@ -138,7 +138,9 @@ impl Manifest {
         let dir = path.parent().unwrap_or(Path::new("."));
         manifest.onnx = dir.join(&manifest.onnx);
         manifest.classes = manifest.classes.map(|c| dir.join(c));
-        manifest.validate().map_err(|message| ManifestError::Invalid { path, message })?;
+        manifest
+            .validate()
+            .map_err(|message| ManifestError::Invalid { path, message })?;
         Ok(manifest)
     }
 
@@ -148,10 +150,12 @@ impl Manifest {
             path: PathBuf::from("<string>"),
             message: e.to_string(),
         })?;
-        manifest.validate().map_err(|message| ManifestError::Invalid {
-            path: PathBuf::from("<string>"),
-            message,
-        })?;
+        manifest
+            .validate()
+            .map_err(|message| ManifestError::Invalid {
+                path: PathBuf::from("<string>"),
+                message,
+            })?;
         Ok(manifest)
     }
 
@@ -187,7 +191,11 @@ impl Manifest {
         if !(self.preprocess.scale.is_finite() && self.preprocess.scale > 0.0) {
             return Err("preprocess.scale must be a positive number".into());
         }
-        if self.preprocess.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
+        if self
+            .preprocess
+            .std
+            .iter()
+            .any(|s| !(s.is_finite() && *s > 0.0))
             || self.preprocess.mean.iter().any(|m| !m.is_finite())
         {
             return Err("preprocess.mean must be finite and preprocess.std positive".into());
@@ -275,7 +283,11 @@ impl fmt::Display for Manifest {
             self.outputs.embedding, self.outputs.embedding_dim
         )?;
         if let Some(l) = &self.outputs.logits {
-            write!(f, ", logits '{l}' [N,{}]", self.outputs.num_classes.unwrap_or(0))?;
+            write!(
+                f,
+                ", logits '{l}' [N,{}]",
+                self.outputs.num_classes.unwrap_or(0)
+            )?;
         }
         Ok(())
     }

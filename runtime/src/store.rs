@@ -63,12 +63,18 @@ pub fn meta_path(npy: &Path) -> PathBuf {
 }
 
 /// Writes `bytes` to `path` via a temporary file, fsync and rename.
-pub fn write_atomic(path: &Path, write: impl FnOnce(&mut File) -> std::io::Result<()>) -> Result<(), StoreError> {
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<(), StoreError> {
     let io = |source| StoreError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut tmp_name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
     let mut file = File::create(&tmp).map_err(io)?;
@@ -99,8 +105,13 @@ pub fn read_matrix(path: &Path) -> Result<Array2<f32>, StoreError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let x = Array2::<f32>::read_npy(BufReader::new(file)).map_err(|e| npy_err(path)(e.to_string()))?;
-    if let Some(row) = x.rows().into_iter().position(|r| r.iter().any(|v| !v.is_finite())) {
+    let x =
+        Array2::<f32>::read_npy(BufReader::new(file)).map_err(|e| npy_err(path)(e.to_string()))?;
+    if let Some(row) = x
+        .rows()
+        .into_iter()
+        .position(|r| r.iter().any(|v| !v.is_finite()))
+    {
         return Err(StoreError::NonFinite {
             path: path.to_path_buf(),
             row,
@@ -112,7 +123,8 @@ pub fn read_matrix(path: &Path) -> Result<Array2<f32>, StoreError> {
 /// Writes a 2-D f32 `.npy` atomically.
 pub fn write_matrix(path: &Path, x: &Array2<f32>) -> Result<(), StoreError> {
     write_atomic(path, |f| {
-        x.write_npy(std::io::BufWriter::new(f)).map_err(std::io::Error::other)
+        x.write_npy(std::io::BufWriter::new(f))
+            .map_err(std::io::Error::other)
     })
 }
 
@@ -128,7 +140,8 @@ impl EmbeddingSet {
             }
             let arr: Array1<i64> = labels.iter().map(|&l| l as i64).collect();
             write_atomic(&labels_path(npy), |f| {
-                arr.write_npy(std::io::BufWriter::new(f)).map_err(std::io::Error::other)
+                arr.write_npy(std::io::BufWriter::new(f))
+                    .map_err(std::io::Error::other)
             })?;
         }
         write_matrix(npy, &self.embeddings)?;
@@ -148,7 +161,8 @@ impl EmbeddingSet {
                 path: lp.clone(),
                 source,
             })?;
-            let arr = Array1::<i64>::read_npy(BufReader::new(file)).map_err(|e| npy_err(&lp)(e.to_string()))?;
+            let arr = Array1::<i64>::read_npy(BufReader::new(file))
+                .map_err(|e| npy_err(&lp)(e.to_string()))?;
             if arr.len() != embeddings.nrows() {
                 return Err(StoreError::CountMismatch {
                     embeddings: embeddings.nrows(),
@@ -157,7 +171,9 @@ impl EmbeddingSet {
             }
             let labels = arr
                 .iter()
-                .map(|&v| usize::try_from(v).map_err(|_| npy_err(&lp)(format!("negative label {v}"))))
+                .map(|&v| {
+                    usize::try_from(v).map_err(|_| npy_err(&lp)(format!("negative label {v}")))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             Some(labels)
         } else {

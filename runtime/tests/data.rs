@@ -14,7 +14,11 @@ fn shipped_fashion_mnist_sample_is_balanced() {
         assert_eq!(data.len(), per_class * 10);
         let labels = data.labels().unwrap();
         for class in 0..10 {
-            assert_eq!(labels.iter().filter(|&&l| l == class).count(), per_class, "{split} class {class}");
+            assert_eq!(
+                labels.iter().filter(|&&l| l == class).count(),
+                per_class,
+                "{split} class {class}"
+            );
         }
         let names = data.class_names().unwrap();
         assert_eq!(names[0], "T-shirt/top");
@@ -22,7 +26,10 @@ fn shipped_fashion_mnist_sample_is_balanced() {
         let image = data.image(0).unwrap();
         assert_eq!(image.dimensions(), (28, 28));
         let px = image.get_pixel(14, 14).0;
-        assert!(px[0] == px[1] && px[1] == px[2], "grayscale replicated to RGB");
+        assert!(
+            px[0] == px[1] && px[1] == px[2],
+            "grayscale replicated to RGB"
+        );
     }
 }
 
@@ -67,6 +74,9 @@ fn embedding_set_round_trips_through_npy() {
     assert_eq!(back.embeddings, set.embeddings);
     assert_eq!(back.labels, set.labels);
     assert_eq!(back.meta.class_names, set.meta.class_names);
-    assert!(!dir.join("emb.npy.tmp").exists(), "no temporary file left behind");
+    assert!(
+        !dir.join("emb.npy.tmp").exists(),
+        "no temporary file left behind"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

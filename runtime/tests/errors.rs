@@ -16,7 +16,10 @@ fn bad(name: &str) -> std::path::PathBuf {
 }
 
 fn load(manifest: &str) -> Result<TractEncoder, ModelError> {
-    TractEncoder::load(&Manifest::load(&bad(manifest)).unwrap(), &LoadOptions::default())
+    TractEncoder::load(
+        &Manifest::load(&bad(manifest)).unwrap(),
+        &LoadOptions::default(),
+    )
 }
 
 #[test]
@@ -69,9 +72,13 @@ fn missing_manifest_is_reported() {
 #[test]
 fn wrong_input_batch_shape_is_an_error() {
     let mut enc = load("tiny.toml").unwrap();
-    let err = enc.run(Array4::<f32>::zeros((1, 3, 9, 8)).view()).unwrap_err();
+    let err = enc
+        .run(Array4::<f32>::zeros((1, 3, 9, 8)).view())
+        .unwrap_err();
     assert!(matches!(err, ModelError::InputShape { .. }), "{err}");
-    let err = enc.run(Array4::<f32>::zeros((0, 3, 8, 8)).view()).unwrap_err();
+    let err = enc
+        .run(Array4::<f32>::zeros((0, 3, 8, 8)).view())
+        .unwrap_err();
     assert!(matches!(err, ModelError::InputShape { .. }), "{err}");
 }
 
@@ -85,14 +92,30 @@ fn corrupt_images_are_decode_errors() {
 
 #[test]
 fn oversized_image_is_refused_before_decoding() {
-    let limits = DecodeLimits { max_pixels: 1000, ..DecodeLimits::default() };
+    let limits = DecodeLimits {
+        max_pixels: 1000,
+        ..DecodeLimits::default()
+    };
     let err = decode_image(&repo("data/photos/chelsea.png"), limits).unwrap_err();
-    assert!(matches!(err, DataError::TooLarge { width: 451, height: 300, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            DataError::TooLarge {
+                width: 451,
+                height: 300,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn idx_with_wrong_magic_or_truncated_data_is_refused() {
-    for name in ["wrong_magic-images-idx3-ubyte", "truncated-images-idx3-ubyte"] {
+    for name in [
+        "wrong_magic-images-idx3-ubyte",
+        "truncated-images-idx3-ubyte",
+    ] {
         let err = Dataset::open(&bad(name), None).unwrap_err();
         assert!(matches!(err, DataError::BadIdx { .. }), "{name}: {err}");
     }
@@ -102,8 +125,14 @@ fn idx_with_wrong_magic_or_truncated_data_is_refused() {
 fn empty_folder_and_missing_path_are_reported() {
     let dir = std::env::temp_dir().join(format!("edgeclr-empty-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("sub")).unwrap();
-    assert!(matches!(Dataset::open(&dir, None).unwrap_err(), DataError::Empty(_)));
-    assert!(matches!(Dataset::open(&dir.join("nope"), None).unwrap_err(), DataError::Missing(_)));
+    assert!(matches!(
+        Dataset::open(&dir, None).unwrap_err(),
+        DataError::Empty(_)
+    ));
+    assert!(matches!(
+        Dataset::open(&dir.join("nope"), None).unwrap_err(),
+        DataError::Missing(_)
+    ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -113,7 +142,11 @@ fn empty_folder_and_missing_path_are_reported() {
 fn corrupt_images_in_a_folder_are_skipped_or_fatal() {
     let dir = std::env::temp_dir().join(format!("edgeclr-mixed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(repo("data/fashion-folder/Bag/000.png"), dir.join("a_good.png")).unwrap();
+    std::fs::copy(
+        repo("data/fashion-folder/Bag/000.png"),
+        dir.join("a_good.png"),
+    )
+    .unwrap();
     for name in ["truncated.png", "empty.png", "text.png"] {
         std::fs::copy(bad(name), dir.join(name)).unwrap();
     }
@@ -123,16 +156,31 @@ fn corrupt_images_in_a_folder_are_skipped_or_fatal() {
     assert_eq!(out.embeddings.nrows(), 1);
     assert_eq!(out.skipped.len(), 3);
     assert_eq!(out.indices, vec![0]);
-    let strict = EmbedOptions { strict: true, ..EmbedOptions::default() };
+    let strict = EmbedOptions {
+        strict: true,
+        ..EmbedOptions::default()
+    };
     let err = embed_dataset(&mut enc, &data, &strict, |_| {}).unwrap_err();
-    assert!(matches!(err, Error::Data(DataError::Decode { .. })), "{err}");
+    assert!(
+        matches!(err, Error::Data(DataError::Decode { .. })),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn mismatched_embedding_and_label_counts_are_refused() {
     let err = EmbeddingSet::load(&bad("emb_mismatch.npy")).unwrap_err();
-    assert!(matches!(err, StoreError::CountMismatch { embeddings: 4, labels: 3 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            StoreError::CountMismatch {
+                embeddings: 4,
+                labels: 3
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{max_abs_diff, read_npy_f32, repo};
-use edgeclr::data::{decode_image, DecodeLimits, Dataset};
+use edgeclr::data::{decode_image, Dataset, DecodeLimits};
 use edgeclr::embed::{embed_dataset, EmbedOptions};
 use edgeclr::{Encoder, LoadOptions, Manifest, Preprocessor, TractEncoder};
 use ndarray::{s, Array4, Axis, Ix2, Ix3, Ix4};
@@ -24,11 +24,20 @@ fn load() -> TractEncoder {
 fn preprocessing_matches_pil_reference_on_real_photos() {
     let pre = Preprocessor::new(&default_manifest());
     for photo in PHOTOS {
-        let image = decode_image(&repo(&format!("data/photos/{photo}.png")), DecodeLimits::default()).unwrap();
+        let image = decode_image(
+            &repo(&format!("data/photos/{photo}.png")),
+            DecodeLimits::default(),
+        )
+        .unwrap();
         let ours = pre.batch(&[image]).unwrap();
-        let reference = read_npy_f32(&format!("preprocess_{photo}.npy")).into_dimensionality::<Ix3>().unwrap();
+        let reference = read_npy_f32(&format!("preprocess_{photo}.npy"))
+            .into_dimensionality::<Ix3>()
+            .unwrap();
         let diff = max_abs_diff(ours.index_axis(Axis(0), 0), reference.view());
-        assert!(diff < 1e-2, "{photo}: preprocessing differs from PIL by {diff}");
+        assert!(
+            diff < 1e-2,
+            "{photo}: preprocessing differs from PIL by {diff}"
+        );
     }
 }
 
@@ -38,36 +47,60 @@ fn preprocessing_matches_pil_reference_on_fashion_mnist() {
     let test = Dataset::open(&repo("data/fashion-mnist"), Some("t10k")).unwrap();
     let images = [test.image(0).unwrap(), test.image(1).unwrap()];
     let ours = pre.batch(&images).unwrap();
-    let reference = read_npy_f32("preprocess_fmnist_first2.npy").into_dimensionality::<Ix4>().unwrap();
+    let reference = read_npy_f32("preprocess_fmnist_first2.npy")
+        .into_dimensionality::<Ix4>()
+        .unwrap();
     let diff = max_abs_diff(ours.view(), reference.view());
-    assert!(diff < 1e-2, "Fashion-MNIST preprocessing differs from PIL by {diff}");
+    assert!(
+        diff < 1e-2,
+        "Fashion-MNIST preprocessing differs from PIL by {diff}"
+    );
 }
 
 #[test]
 fn embeddings_and_logits_match_onnxruntime() {
     let mut encoder = load();
     for photo in PHOTOS {
-        let input = read_npy_f32(&format!("preprocess_{photo}.npy")).into_dimensionality::<Ix3>().unwrap();
+        let input = read_npy_f32(&format!("preprocess_{photo}.npy"))
+            .into_dimensionality::<Ix3>()
+            .unwrap();
         let batch = input.insert_axis(Axis(0));
         let out = encoder.run(batch.view()).unwrap();
-        let emb_ref = read_npy_f32(&format!("embedding_ort_{photo}.npy")).into_dimensionality::<Ix2>().unwrap();
-        let logits_ref = read_npy_f32(&format!("logits_ort_{photo}.npy")).into_dimensionality::<Ix2>().unwrap();
+        let emb_ref = read_npy_f32(&format!("embedding_ort_{photo}.npy"))
+            .into_dimensionality::<Ix2>()
+            .unwrap();
+        let logits_ref = read_npy_f32(&format!("logits_ort_{photo}.npy"))
+            .into_dimensionality::<Ix2>()
+            .unwrap();
         let d_emb = max_abs_diff(out.embedding.view(), emb_ref.view());
         let d_logits = max_abs_diff(out.logits.as_ref().unwrap().view(), logits_ref.view());
-        assert!(d_emb < 1e-4, "{photo}: embedding differs from onnxruntime by {d_emb}");
-        assert!(d_logits < 1e-3, "{photo}: logits differ from onnxruntime by {d_logits}");
+        assert!(
+            d_emb < 1e-4,
+            "{photo}: embedding differs from onnxruntime by {d_emb}"
+        );
+        assert!(
+            d_logits < 1e-3,
+            "{photo}: logits differ from onnxruntime by {d_logits}"
+        );
     }
 }
 
 #[test]
 fn batched_run_matches_onnxruntime_and_single_runs() {
     let mut encoder = load();
-    let input = read_npy_f32("preprocess_fmnist_first2.npy").into_dimensionality::<Ix4>().unwrap();
-    let reference = read_npy_f32("embedding_ort_fmnist_first2.npy").into_dimensionality::<Ix2>().unwrap();
+    let input = read_npy_f32("preprocess_fmnist_first2.npy")
+        .into_dimensionality::<Ix4>()
+        .unwrap();
+    let reference = read_npy_f32("embedding_ort_fmnist_first2.npy")
+        .into_dimensionality::<Ix2>()
+        .unwrap();
     let batched = encoder.run(input.view()).unwrap().embedding;
     assert!(max_abs_diff(batched.view(), reference.view()) < 1e-4);
     for i in 0..2 {
-        let single = encoder.run(input.slice(s![i..i + 1, .., .., ..])).unwrap().embedding;
+        let single = encoder
+            .run(input.slice(s![i..i + 1, .., .., ..]))
+            .unwrap()
+            .embedding;
         assert!(max_abs_diff(single.view(), batched.slice(s![i..i + 1, ..])) < 1e-4);
     }
 }
@@ -79,31 +112,61 @@ fn real_photos_get_their_imagenet_classes() {
     let mut encoder = load();
     let pre = Preprocessor::new(&manifest);
     let top1 = |encoder: &mut TractEncoder, photo: &str| {
-        let image = decode_image(&repo(&format!("data/photos/{photo}.png")), DecodeLimits::default()).unwrap();
-        let logits = encoder.run(pre.batch(&[image]).unwrap().view()).unwrap().logits.unwrap();
+        let image = decode_image(
+            &repo(&format!("data/photos/{photo}.png")),
+            DecodeLimits::default(),
+        )
+        .unwrap();
+        let logits = encoder
+            .run(pre.batch(&[image]).unwrap().view())
+            .unwrap()
+            .logits
+            .unwrap();
         let row = logits.row(0);
-        let best = (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+        let best = (0..row.len())
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap();
         names[best].clone()
     };
     assert_eq!(top1(&mut encoder, "coffee"), "espresso");
     let cat = top1(&mut encoder, "chelsea");
-    assert!(["tabby, tabby cat", "tiger cat", "Egyptian cat"].contains(&cat.as_str()), "chelsea → {cat}");
+    assert!(
+        ["tabby, tabby cat", "tiger cat", "Egyptian cat"].contains(&cat.as_str()),
+        "chelsea → {cat}"
+    );
 }
 
 #[test]
 fn embedding_a_dataset_keeps_labels_and_order() {
-    let mut encoder = TractEncoder::load(&default_manifest(), &LoadOptions { threads: 2, embedding_only: true }).unwrap();
+    let mut encoder = TractEncoder::load(
+        &default_manifest(),
+        &LoadOptions {
+            threads: 2,
+            embedding_only: true,
+        },
+    )
+    .unwrap();
     let folder = Dataset::open(&repo("data/fashion-folder"), None).unwrap();
-    let options = EmbedOptions { batch_size: 4, normalize: true, ..EmbedOptions::default() };
+    let options = EmbedOptions {
+        batch_size: 4,
+        normalize: true,
+        ..EmbedOptions::default()
+    };
     let mut calls = 0;
     let out = embed_dataset(&mut encoder, &folder, &options, |_| calls += 1).unwrap();
     assert_eq!(out.embeddings.dim(), (15, 1280));
     assert_eq!(calls, 4, "one progress call per batch of 4 over 15 images");
-    assert_eq!(out.labels.as_deref(), Some(&[0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2][..]));
+    assert_eq!(
+        out.labels.as_deref(),
+        Some(&[0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2][..])
+    );
     assert_eq!(out.class_names.unwrap(), ["Bag", "Sneaker", "Trouser"]);
     for row in out.embeddings.rows() {
         let norm = row.dot(&row).sqrt();
-        assert!((norm - 1.0).abs() < 1e-5, "--normalize gives unit rows, got {norm}");
+        assert!(
+            (norm - 1.0).abs() < 1e-5,
+            "--normalize gives unit rows, got {norm}"
+        );
     }
     assert!(out.logits.is_none());
     // The same image via the dataset and via a direct batch gives the same embedding.

@@ -46,10 +46,25 @@ fn names(k: usize) -> Vec<String> {
     (0..k).map(|c| format!("class{c}")).collect()
 }
 
-fn temp_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("edgeclr-probe-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir.join(name)
+/// A per-test scratch directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("edgeclr-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 // ---------------------------------------------------------------- L-BFGS
@@ -307,7 +322,8 @@ fn linear_probe_save_load_round_trip() {
     let (mut probe, _) =
         LinearProbe::fit(x.view(), &y, names(3), &LinearProbeConfig::default()).unwrap();
     probe.model = Some("mobilenet_v2".into());
-    let path = temp_path("probe.json");
+    let dir = TempDir::new("probe-round-trip");
+    let path = dir.join("probe.json");
     probe.save(&path).unwrap();
     assert!(!PathBuf::from(format!("{}.tmp", path.display())).exists());
 
@@ -340,7 +356,8 @@ fn linear_probe_load_rejects_other_formats_and_versions() {
         &LinearProbeConfig::default(),
     )
     .unwrap();
-    let path = temp_path("versions.json");
+    let dir = TempDir::new("probe-versions");
+    let path = dir.join("versions.json");
     probe.save(&path).unwrap();
     let good: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -375,7 +392,7 @@ fn linear_probe_load_rejects_other_formats_and_versions() {
         Err(ProbeError::Json { .. })
     ));
     assert!(matches!(
-        LinearProbe::load(temp_path("missing.json")),
+        LinearProbe::load(dir.join("missing.json")),
         Err(ProbeError::Io { .. })
     ));
 
@@ -620,7 +637,8 @@ fn knn_save_load_round_trip() {
     for c in ["cat", "dog", "fox"] {
         head.enroll(c, gaussian(&mut r, 6, 8, 1.0).view()).unwrap();
     }
-    let path = temp_path("knn.json");
+    let dir = TempDir::new("knn-round-trip");
+    let path = dir.join("knn.json");
     head.save(&path).unwrap();
     let loaded = KnnHead::load(&path).unwrap();
     assert_eq!(loaded, head);

@@ -206,8 +206,9 @@ pub fn load_encoder(
         #[cfg(not(feature = "ort"))]
         Backend::Ort(_) => Err(ModelError::Unavailable {
             backend: "ort",
-            message: "this edgeclr was built without ONNX Runtime support; rebuild with --features ort"
-                .into(),
+            message:
+                "this edgeclr was built without ONNX Runtime support; rebuild with --features ort"
+                    .into(),
         }),
     }
 }
@@ -272,7 +273,13 @@ mod tests {
         let err = load_encoder(&"ort".parse().unwrap(), &manifest, &LoadOptions::default())
             .err()
             .expect("ort is not compiled in");
-        assert!(matches!(err, ModelError::Unavailable { backend: "ort", .. }), "{err}");
-        assert!(err.to_string().contains("rebuild with --features ort"), "{err}");
+        assert!(
+            matches!(err, ModelError::Unavailable { backend: "ort", .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("rebuild with --features ort"),
+            "{err}"
+        );
     }
 }

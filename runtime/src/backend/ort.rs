@@ -103,10 +103,8 @@ static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
 /// Opens the library and creates the environment on first use; afterwards
 /// returns the shared environment (refusing a different library file).
 fn environment(options: &OrtOptions) -> Result<(Environment, PathBuf), ModelError> {
-    let (path, source) = resolve_library(
-        options.library.as_deref(),
-        std::env::var_os(ORT_DYLIB_PATH),
-    )?;
+    let (path, source) =
+        resolve_library(options.library.as_deref(), std::env::var_os(ORT_DYLIB_PATH))?;
     let from = match source {
         Source::Option => "given as the ONNX Runtime library".to_owned(),
         Source::Env => format!("named by {ORT_DYLIB_PATH}"),
@@ -146,14 +144,31 @@ fn environment(options: &OrtOptions) -> Result<(Environment, PathBuf), ModelErro
                 path.display(),
                 install_hint()
             ),
-            other => format!("cannot load ONNX Runtime ({from}): {other}; {}", install_hint()),
+            LoadDynamicError::Dlopen { error, path } => {
+                let why = std::error::Error::source(&error)
+                    .map_or_else(|| error.to_string(), |s| format!("{error}: {s}"));
+                format!(
+                    "cannot load ONNX Runtime from {} ({from}): {why}; {}",
+                    path.display(),
+                    install_hint()
+                )
+            }
+            other => format!(
+                "cannot load ONNX Runtime ({from}): {other}; {}",
+                install_hint()
+            ),
         })
     })?;
     let environment = builder
         .with_name("edgeclr")
         .with_telemetry(false)
         .build()
-        .map_err(|e| unavailable(format!("cannot start ONNX Runtime from {}: {e}", canonical.display())))?;
+        .map_err(|e| {
+            unavailable(format!(
+                "cannot start ONNX Runtime from {}: {e}",
+                canonical.display()
+            ))
+        })?;
     *guard = Some(Runtime {
         library: canonical.clone(),
         environment: environment.clone(),
@@ -226,7 +241,9 @@ fn session_err<R>(e: ::ort::Error<R>, choice: ExecutionProvider) -> ModelError {
         return ModelError::UnsupportedOps(vec![op.to_owned()]);
     }
     if e.code() == ErrorCode::ExecutionProviderFailure || choice != ExecutionProvider::Cpu {
-        return backend_err(format!("creating the session with the {choice} execution provider: {message}"));
+        return backend_err(format!(
+            "creating the session with the {choice} execution provider: {message}"
+        ));
     }
     backend_err(message)
 }
@@ -297,7 +314,9 @@ impl OrtEncoder {
         if read_logits {
             selector = selector.with(manifest.outputs.logits.as_deref().unwrap_or_default());
         }
-        let run_options = RunOptions::new().map_err(backend_err)?.with_outputs(selector);
+        let run_options = RunOptions::new()
+            .map_err(backend_err)?
+            .with_outputs(selector);
         Ok(Self {
             manifest: manifest.clone(),
             session,
@@ -356,11 +375,18 @@ impl Encoder for OrtEncoder {
                 .map_err(backend_err)
         };
         let outs = &self.manifest.outputs;
-        let embedding = check_output(&outs.embedding, view(&outs.embedding)?, n, outs.embedding_dim)?;
+        let embedding = check_output(
+            &outs.embedding,
+            view(&outs.embedding)?,
+            n,
+            outs.embedding_dim,
+        )?;
         let logits = match (&outs.logits, self.read_logits) {
             (Some(name), true) => {
                 let data = view(name)?;
-                let classes = outs.num_classes.unwrap_or(data.shape().last().copied().unwrap_or(0));
+                let classes = outs
+                    .num_classes
+                    .unwrap_or(data.shape().last().copied().unwrap_or(0));
                 Some(check_output(name, data, n, classes)?)
             }
             _ => None,
@@ -377,9 +403,15 @@ mod tests {
     fn library_option_beats_environment() {
         let (path, source) =
             resolve_library(Some(Path::new("/a/lib.so")), Some("/b/lib.so".into())).unwrap();
-        assert_eq!((path.as_path(), source), (Path::new("/a/lib.so"), Source::Option));
+        assert_eq!(
+            (path.as_path(), source),
+            (Path::new("/a/lib.so"), Source::Option)
+        );
         let (path, source) = resolve_library(None, Some("/b/lib.so".into())).unwrap();
-        assert_eq!((path.as_path(), source), (Path::new("/b/lib.so"), Source::Env));
+        assert_eq!(
+            (path.as_path(), source),
+            (Path::new("/b/lib.so"), Source::Env)
+        );
     }
 
     #[test]
@@ -388,7 +420,12 @@ mod tests {
             let err = resolve_library(None, env).unwrap_err();
             assert!(matches!(err, ModelError::Unavailable { .. }), "{err}");
             let text = err.to_string();
-            for needle in [ORT_DYLIB_PATH, "OrtOptions::library", "pip install onnxruntime", "capi/libonnxruntime.so"] {
+            for needle in [
+                ORT_DYLIB_PATH,
+                "OrtOptions::library",
+                "pip install onnxruntime",
+                "capi/libonnxruntime.so",
+            ] {
                 assert!(text.contains(needle), "'{needle}' missing from: {text}");
             }
         }

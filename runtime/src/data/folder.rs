@@ -58,7 +58,10 @@ impl ImageFolder {
         let mut labels = Vec::new();
         let mut classes = Vec::new();
         for sub in entries.iter().filter(|p| p.is_dir()) {
-            let images: Vec<PathBuf> = sorted_entries(sub)?.into_iter().filter(|p| is_image(p)).collect();
+            let images: Vec<PathBuf> = sorted_entries(sub)?
+                .into_iter()
+                .filter(|p| is_image(p))
+                .collect();
             if images.is_empty() {
                 continue;
             }

@@ -41,7 +41,9 @@ pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
         .read_exact(&mut magic)
         .map_err(|e| bad(format!("cannot read the header: {e}")))?;
     if magic[0] != 0 || magic[1] != 0 {
-        return Err(bad(format!("wrong magic {magic:02x?}: IDX files start with two zero bytes")));
+        return Err(bad(format!(
+            "wrong magic {magic:02x?}: IDX files start with two zero bytes"
+        )));
     }
     if magic[2] != 0x08 {
         return Err(bad(format!(
@@ -61,10 +63,16 @@ pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
             .map_err(|e| bad(format!("truncated header: {e}")))?;
         dims.push(u32::from_be_bytes(d) as usize);
     }
-    let len = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+    let len = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
     let len = match len {
         Some(l) if l <= MAX_IDX_BYTES => l as usize,
-        _ => return Err(bad(format!("declared shape {dims:?} is over the 1 GiB limit"))),
+        _ => {
+            return Err(bad(format!(
+                "declared shape {dims:?} is over the 1 GiB limit"
+            )))
+        }
     };
     let mut data = vec![0u8; len];
     reader
@@ -118,8 +126,10 @@ impl IdxDataset {
         };
         let class_names = match (&labels, images.parent().map(|d| d.join("classes.txt"))) {
             (Some(labels), Some(p)) if p.is_file() => {
-                let text = std::fs::read_to_string(&p)
-                    .map_err(|source| DataError::Io { path: p.clone(), source })?;
+                let text = std::fs::read_to_string(&p).map_err(|source| DataError::Io {
+                    path: p.clone(),
+                    source,
+                })?;
                 let names: Vec<String> = text.lines().map(str::to_owned).collect();
                 let max = labels.iter().copied().max().unwrap_or(0);
                 if max >= names.len() {
@@ -151,11 +161,10 @@ impl IdxDataset {
     }
 
     pub fn len(&self) -> usize {
-        if self.height * self.width == 0 {
-            0
-        } else {
-            self.pixels.len() / (self.height * self.width)
-        }
+        self.pixels
+            .len()
+            .checked_div(self.height * self.width)
+            .unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {

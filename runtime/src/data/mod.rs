@@ -26,7 +26,9 @@ pub enum DataError {
     BadIdx { path: PathBuf, message: String },
     #[error("{path}: cannot decode image: {message}")]
     Decode { path: PathBuf, message: String },
-    #[error("{path}: image is {width}x{height}, over the {limit}-pixel limit (set by DecodeLimits)")]
+    #[error(
+        "{path}: image is {width}x{height}, over the {limit}-pixel limit (set by DecodeLimits)"
+    )]
     TooLarge {
         path: PathBuf,
         width: u32,

@@ -8,12 +8,16 @@ use ndarray_npy::ReadNpyExt;
 
 /// Path relative to the repository root.
 pub fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
 }
 
 /// Path inside runtime/tests/data.
 pub fn test_data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 pub fn read_npy_f32(name: &str) -> ArrayD<f32> {
@@ -24,5 +28,8 @@ pub fn read_npy_f32(name: &str) -> ArrayD<f32> {
 /// Largest absolute element-wise difference.
 pub fn max_abs_diff<D: Dimension, E: Dimension>(a: ArrayView<f32, D>, b: ArrayView<f32, E>) -> f32 {
     assert_eq!(a.shape(), b.shape(), "shapes differ");
-    a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b.iter())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }

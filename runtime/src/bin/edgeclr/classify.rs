@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use edgeclr::data::{decode_image, DecodeLimits};
 use edgeclr::embed::embed_images;
-use edgeclr::{Encoder, Preprocessor};
+use edgeclr::Preprocessor;
 
 use super::common::ModelArgs;
 
@@ -50,7 +50,7 @@ pub fn run(args: Args) -> Result<()> {
                 continue;
             }
         };
-        let out = embed_images(&mut encoder, &preprocessor, &[image])
+        let out = embed_images(&mut *encoder, &preprocessor, &[image])
             .with_context(|| format!("classifying {}", path.display()))?;
         let logits = out.logits.context("the model returned no logits")?;
         let probs = softmax(logits.row(0).as_slice().context("logits not contiguous")?);
@@ -58,12 +58,18 @@ pub fn run(args: Args) -> Result<()> {
         ranked.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
         println!("{}", path.display());
         for &c in ranked.iter().take(args.top) {
-            let name = names.as_ref().and_then(|n| n.get(c)).map_or("", String::as_str);
+            let name = names
+                .as_ref()
+                .and_then(|n| n.get(c))
+                .map_or("", String::as_str);
             println!("  {:>6.2}%  {:>4}  {}", probs[c] * 100.0, c, name);
         }
     }
     if failures > 0 {
-        bail!("{failures} of {} images could not be read", args.images.len());
+        bail!(
+            "{failures} of {} images could not be read",
+            args.images.len()
+        );
     }
     Ok(())
 }

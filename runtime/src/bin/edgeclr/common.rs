@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use edgeclr::{LoadOptions, Manifest, TractEncoder};
+use edgeclr::backend::{load_encoder, Backend, ExecutionProvider};
+use edgeclr::{Encoder, LoadOptions, Manifest};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The model every verb uses unless told otherwise.
@@ -22,6 +23,18 @@ pub struct ModelArgs {
     /// Worker threads for the backend (a Jetson Nano or Pi 4 has 4 cores).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub threads: usize,
+    /// Inference backend: `tract` (pure Rust, built in) or `ort` (ONNX
+    /// Runtime, loaded from a libonnxruntime.so; needs a build with
+    /// `--features ort`).
+    #[arg(long, default_value = "tract", value_name = "tract|ort")]
+    pub backend: String,
+    /// Execution provider for `--backend ort`: cpu, cuda or tensorrt (the
+    /// library must be a GPU build; there is no silent CPU fallback).
+    #[arg(long, default_value = "cpu", value_name = "cpu|cuda|tensorrt")]
+    pub ep: String,
+    /// The libonnxruntime.so.1.* for `--backend ort` (default: $ORT_DYLIB_PATH).
+    #[arg(long, value_name = "FILE")]
+    pub ort_lib: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -36,14 +49,30 @@ impl ModelArgs {
         Manifest::load(&path).with_context(|| format!("loading the manifest of {}", path.display()))
     }
 
-    pub fn load(&self, embedding_only: bool) -> Result<TractEncoder> {
+    /// The backend the flags select.
+    pub fn backend(&self) -> Result<Backend> {
+        let mut backend: Backend = self.backend.parse().map_err(anyhow::Error::msg)?;
+        if let Backend::Ort(ort) = &mut backend {
+            ort.library = self.ort_lib.clone();
+            ort.execution_provider = self
+                .ep
+                .parse::<ExecutionProvider>()
+                .map_err(anyhow::Error::msg)?;
+        } else if self.ep != "cpu" || self.ort_lib.is_some() {
+            anyhow::bail!("--ep and --ort-lib apply to --backend ort only");
+        }
+        Ok(backend)
+    }
+
+    pub fn load(&self, embedding_only: bool) -> Result<Box<dyn Encoder>> {
         let manifest = self.manifest()?;
-        let spinner = spinner(format!("loading {} with tract", manifest.name));
+        let backend = self.backend()?;
+        let spinner = spinner(format!("loading {} with {}", manifest.name, backend.name()));
         let options = LoadOptions {
             threads: self.threads.max(1),
             embedding_only,
         };
-        let encoder = TractEncoder::load(&manifest, &options)
+        let encoder = load_encoder(&backend, &manifest, &options)
             .with_context(|| format!("loading model {}", manifest.onnx.display()))?;
         spinner.finish_and_clear();
         Ok(encoder)
@@ -61,7 +90,9 @@ pub fn resolve_model(model: Option<&Path>) -> PathBuf {
     if local.exists() {
         return local;
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(DEFAULT_MODEL)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(DEFAULT_MODEL)
 }
 
 /// The shipped data directory, relative to the working directory or the source tree.

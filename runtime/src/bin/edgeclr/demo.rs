@@ -29,7 +29,12 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     /// Where embeddings, heads and the JSON report are written.
-    #[arg(long, short = 'o', default_value = "target/edgeclr-demo", value_name = "DIR")]
+    #[arg(
+        long,
+        short = 'o',
+        default_value = "target/edgeclr-demo",
+        value_name = "DIR"
+    )]
     out: PathBuf,
     /// Images per encoder call.
     #[arg(long, default_value_t = 32)]
@@ -59,23 +64,40 @@ struct Report {
     diagnostics: Diagnostics,
 }
 
-fn embed_split(encoder: &mut dyn Encoder, dataset: &Dataset, batch: usize, what: &str) -> Result<Embeddings> {
+fn embed_split(
+    encoder: &mut dyn Encoder,
+    dataset: &Dataset,
+    batch: usize,
+    what: &str,
+) -> Result<Embeddings> {
     let bar = progress(dataset.len() as u64, what);
-    let options = EmbedOptions { batch_size: batch, strict: true, ..EmbedOptions::default() };
+    let options = EmbedOptions {
+        batch_size: batch,
+        strict: true,
+        ..EmbedOptions::default()
+    };
     let out = embed_dataset(encoder, dataset, &options, |n| bar.set_position(n as u64))?;
     bar.finish_and_clear();
     Ok(out)
 }
 
 /// Embeddings of horizontally flipped images: the positive view for alignment.
-fn embed_flipped(encoder: &mut dyn Encoder, dataset: &Dataset, batch: usize) -> Result<Array2<f32>> {
+fn embed_flipped(
+    encoder: &mut dyn Encoder,
+    dataset: &Dataset,
+    batch: usize,
+) -> Result<Array2<f32>> {
     let preprocessor = Preprocessor::new(encoder.manifest());
     let bar = progress(dataset.len() as u64, "flipped view");
     let mut parts = Vec::new();
     for start in (0..dataset.len()).step_by(batch.max(1)) {
         let end = (start + batch.max(1)).min(dataset.len());
         let images = (start..end)
-            .map(|i| dataset.image(i).map(|im| image::imageops::flip_horizontal(&im)))
+            .map(|i| {
+                dataset
+                    .image(i)
+                    .map(|im| image::imageops::flip_horizontal(&im))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         parts.push(embed_images(encoder, &preprocessor, &images)?.embedding);
         bar.set_position(end as u64);
@@ -95,20 +117,31 @@ fn raw_pixels(dataset: &Dataset) -> Result<Array2<f32>> {
         if img.as_raw().len() != d {
             bail!("image {i} has a different size from image 0");
         }
-        row.iter_mut().zip(img.as_raw()).for_each(|(v, &p)| *v = p as f32 / 255.0);
+        row.iter_mut()
+            .zip(img.as_raw())
+            .for_each(|(v, &p)| *v = p as f32 / 255.0);
     }
     Ok(x)
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let data = args.data.clone().unwrap_or_else(|| shipped("data/fashion-mnist"));
-    let train = Dataset::open(&data, Some("train")).with_context(|| format!("opening {}", data.display()))?;
-    let test = Dataset::open(&data, Some("t10k")).with_context(|| format!("opening {}", data.display()))?;
+    let data = args
+        .data
+        .clone()
+        .unwrap_or_else(|| shipped("data/fashion-mnist"));
+    let train = Dataset::open(&data, Some("train"))
+        .with_context(|| format!("opening {}", data.display()))?;
+    let test = Dataset::open(&data, Some("t10k"))
+        .with_context(|| format!("opening {}", data.display()))?;
     let (Some(train_labels), Some(test_labels)) = (train.labels(), test.labels()) else {
-        bail!("the demo needs labelled data ({} has no labels)", data.display());
+        bail!(
+            "the demo needs labelled data ({} has no labels)",
+            data.display()
+        );
     };
     let classes = train.class_names().unwrap_or_default();
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
 
     let mut encoder = args.model.load(true)?;
     let manifest = encoder.manifest().clone();
@@ -124,12 +157,15 @@ pub fn run(args: Args) -> Result<()> {
     );
 
     let started = Instant::now();
-    let train_emb = embed_split(&mut encoder, &train, args.batch_size, "train")?;
-    let test_emb = embed_split(&mut encoder, &test, args.batch_size, "test")?;
+    let train_emb = embed_split(&mut *encoder, &train, args.batch_size, "train")?;
+    let test_emb = embed_split(&mut *encoder, &test, args.batch_size, "test")?;
     let embed_secs = started.elapsed().as_secs_f64();
     let rate = (train.len() + test.len()) as f64 / embed_secs;
-    println!("embedded {} images in {embed_secs:.1}s ({rate:.1} images/s)", train.len() + test.len());
-    let flipped = embed_flipped(&mut encoder, &test, args.batch_size)?;
+    println!(
+        "embedded {} images in {embed_secs:.1}s ({rate:.1} images/s)",
+        train.len() + test.len()
+    );
+    let flipped = embed_flipped(&mut *encoder, &test, args.batch_size)?;
 
     for (name, e) in [("train", &train_emb), ("test", &test_emb)] {
         EmbeddingSet {
@@ -147,14 +183,27 @@ pub fn run(args: Args) -> Result<()> {
         .save(&args.out.join(format!("{name}.npy")))?;
     }
 
-    let config = LinearProbeConfig { c: args.c, ..LinearProbeConfig::default() };
-    let (mut probe, fit) = LinearProbe::fit(train_emb.embeddings.view(), train_labels, classes.clone(), &config)?;
+    let config = LinearProbeConfig {
+        c: args.c,
+        ..LinearProbeConfig::default()
+    };
+    let (mut probe, fit) = LinearProbe::fit(
+        train_emb.embeddings.view(),
+        train_labels,
+        classes.clone(),
+        &config,
+    )?;
     probe.model = Some(manifest.name.clone());
     probe.save(args.out.join("probe.json"))?;
     let probe_train = probe.accuracy(train_emb.embeddings.view(), train_labels)?;
     let probe_test = probe.accuracy(test_emb.embeddings.view(), test_labels)?;
 
-    let knn = KnnHead::from_labelled(train_emb.embeddings.view(), train_labels, classes.clone(), args.k)?;
+    let knn = KnnHead::from_labelled(
+        train_emb.embeddings.view(),
+        train_labels,
+        classes.clone(),
+        args.k,
+    )?;
     knn.save(args.out.join("knn.json"))?;
     let knn_test = knn.accuracy(test_emb.embeddings.view(), test_labels)?;
 
@@ -166,9 +215,22 @@ pub fn run(args: Args) -> Result<()> {
 
     println!();
     println!("  head                              test accuracy");
-    println!("  linear probe on {:<17} {:>6.2}%   (train {:.2}%, {} L-BFGS iterations)", manifest.name, probe_test * 100.0, probe_train * 100.0, fit.iterations);
-    println!("  k-NN (k={:<2}, cosine)               {:>6.2}%", args.k, knn_test * 100.0);
-    println!("  linear probe on raw pixels        {:>6.2}%   (baseline)", raw_test_acc * 100.0);
+    println!(
+        "  linear probe on {:<17} {:>6.2}%   (train {:.2}%, {} L-BFGS iterations)",
+        manifest.name,
+        probe_test * 100.0,
+        probe_train * 100.0,
+        fit.iterations
+    );
+    println!(
+        "  k-NN (k={:<2}, cosine)               {:>6.2}%",
+        args.k,
+        knn_test * 100.0
+    );
+    println!(
+        "  linear probe on raw pixels        {:>6.2}%   (baseline)",
+        raw_test_acc * 100.0
+    );
     println!();
     println!("representation diagnostics (test embeddings, L2-normalised; positives = horizontal flips):");
     println!("{diagnostics}");
@@ -189,6 +251,9 @@ pub fn run(args: Args) -> Result<()> {
     };
     let path = args.out.join("report.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-    println!("\nwrote embeddings, probe.json, knn.json and report.json to {}", args.out.display());
+    println!(
+        "\nwrote embeddings, probe.json, knn.json and report.json to {}",
+        args.out.display()
+    );
     Ok(())
 }

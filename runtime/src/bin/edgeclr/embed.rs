@@ -7,7 +7,6 @@ use anyhow::{bail, Context, Result};
 use edgeclr::data::Dataset;
 use edgeclr::embed::{embed_dataset, EmbedOptions};
 use edgeclr::store::{labels_path, EmbeddingMeta, EmbeddingSet};
-use edgeclr::Encoder;
 
 use super::common::{progress, ModelArgs};
 
@@ -57,7 +56,9 @@ pub fn run(args: Args) -> Result<()> {
     let total = args.limit.map_or(dataset.len(), |l| l.min(dataset.len()));
     let bar = progress(total as u64, "embedding");
     let started = Instant::now();
-    let result = embed_dataset(&mut encoder, &dataset, &options, |done| bar.set_position(done as u64))?;
+    let result = embed_dataset(&mut *encoder, &dataset, &options, |done| {
+        bar.set_position(done as u64)
+    })?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     for s in &result.skipped {
@@ -84,8 +85,16 @@ pub fn run(args: Args) -> Result<()> {
         "embedded {n} images into {} [{n}, {d}] in {secs:.1}s ({:.1} images/s){}{}",
         args.out.display(),
         n as f64 / secs,
-        if set.labels.is_some() { format!(", labels in {}", labels_path(&args.out).display()) } else { String::new() },
-        if result.skipped.is_empty() { String::new() } else { format!(", {} skipped", result.skipped.len()) },
+        if set.labels.is_some() {
+            format!(", labels in {}", labels_path(&args.out).display())
+        } else {
+            String::new()
+        },
+        if result.skipped.is_empty() {
+            String::new()
+        } else {
+            format!(", {} skipped", result.skipped.len())
+        },
     );
     Ok(())
 }

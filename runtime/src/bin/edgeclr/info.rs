@@ -23,7 +23,11 @@ pub fn run(args: Args) -> Result<()> {
     };
     let bytes = std::fs::read(&onnx).with_context(|| format!("reading {}", onnx.display()))?;
     let summary = edgeclr::inspect::summarize(&onnx, &bytes)?;
-    println!("model file:  {} ({:.1} MB)", onnx.display(), bytes.len() as f64 / 1e6);
+    println!(
+        "model file:  {} ({:.1} MB)",
+        onnx.display(),
+        bytes.len() as f64 / 1e6
+    );
     println!("sha256:      {}", edgeclr::inspect::sha256_hex(&bytes));
     print_summary(&summary);
     match &manifest {
@@ -35,7 +39,9 @@ pub fn run(args: Args) -> Result<()> {
                 Err(e) => println!("cannot run it: {e}"),
             }
         }
-        Err(e) => println!("\nmanifest:    none usable ({e})\ntract:       needs a manifest to be checked and run"),
+        Err(e) => println!(
+            "\nmanifest:    none usable ({e})\ntract:       needs a manifest to be checked and run"
+        ),
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use edgeclr::data::{decode_image, DecodeLimits};
 use edgeclr::embed::embed_images;
 use edgeclr::probe::KnnHead;
 use edgeclr::store::EmbeddingSet;
-use edgeclr::{Encoder, Preprocessor};
+use edgeclr::Preprocessor;
 use ndarray::Array2;
 
 use super::common::ModelArgs;
@@ -80,7 +80,7 @@ fn embeddings_of(inputs: &[PathBuf], model: &ModelArgs) -> Result<Array2<f32>> {
         .iter()
         .map(|p| decode_image(p, DecodeLimits::default()))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(embed_images(&mut encoder, &preprocessor, &images)?.embedding)
+    Ok(embed_images(&mut *encoder, &preprocessor, &images)?.embedding)
 }
 
 fn load_head(path: &Path) -> Result<KnnHead> {
@@ -99,32 +99,67 @@ pub fn run(cmd: Command) -> Result<()> {
             };
             let head = KnnHead::from_labelled(set.embeddings.view(), labels, classes, k)?;
             head.save(&out)?;
-            println!("k-NN head: {} examples of {} classes, k={k} → {}", labels.len(), head.classes().len(), out.display());
+            println!(
+                "k-NN head: {} examples of {} classes, k={k} → {}",
+                labels.len(),
+                head.classes().len(),
+                out.display()
+            );
         }
-        Command::Enroll { head, class, k, model, inputs } => {
+        Command::Enroll {
+            head,
+            class,
+            k,
+            model,
+            inputs,
+        } => {
             let x = embeddings_of(&inputs, &model)?;
-            let mut knn = if head.exists() { load_head(&head)? } else { KnnHead::new(x.ncols(), k)? };
+            let mut knn = if head.exists() {
+                load_head(&head)?
+            } else {
+                KnnHead::new(x.ncols(), k)?
+            };
             knn.enroll(&class, x.view())?;
             knn.save(&head)?;
-            println!("enrolled {} examples of '{class}'; the head now knows {} classes: {}", x.nrows(), knn.classes().len(), knn.classes().join(", "));
+            println!(
+                "enrolled {} examples of '{class}'; the head now knows {} classes: {}",
+                x.nrows(),
+                knn.classes().len(),
+                knn.classes().join(", ")
+            );
         }
         Command::Forget { head, class } => {
             let mut knn = load_head(&head)?;
             let removed = knn.forget(&class)?;
             knn.save(&head)?;
-            println!("forgot '{class}' ({removed} examples); {} classes left", knn.classes().len());
+            println!(
+                "forgot '{class}' ({removed} examples); {} classes left",
+                knn.classes().len()
+            );
         }
         Command::Eval { head, embeddings } => {
             let knn = load_head(&head)?;
             let set = EmbeddingSet::load(&embeddings)?;
             let labels = set.require_labels(&embeddings)?;
             let acc = knn.accuracy(set.embeddings.view(), labels)?;
-            println!("k-NN accuracy on {} ({} embeddings): {:.2}%", embeddings.display(), labels.len(), acc * 100.0);
+            println!(
+                "k-NN accuracy on {} ({} embeddings): {:.2}%",
+                embeddings.display(),
+                labels.len(),
+                acc * 100.0
+            );
         }
-        Command::Predict { head, model, inputs } => {
+        Command::Predict {
+            head,
+            model,
+            inputs,
+        } => {
             let knn = load_head(&head)?;
             if knn.classes().is_empty() {
-                bail!("the head {} has no classes yet: enrol some first", head.display());
+                bail!(
+                    "the head {} has no classes yet: enrol some first",
+                    head.display()
+                );
             }
             let x = embeddings_of(&inputs, &model)?;
             let names: Vec<String> = if x.nrows() == inputs.len() {
@@ -133,7 +168,11 @@ pub fn run(cmd: Command) -> Result<()> {
                 (0..x.nrows()).map(|i| format!("row {i}")).collect()
             };
             for (name, p) in names.iter().zip(knn.predict(x.view())?) {
-                println!("{name}: {} ({:.0}% of the vote)", knn.classes()[p.class], p.score * 100.0);
+                println!(
+                    "{name}: {} ({:.0}% of the vote)",
+                    knn.classes()[p.class],
+                    p.score * 100.0
+                );
             }
         }
     }

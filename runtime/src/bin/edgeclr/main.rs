@@ -23,7 +23,12 @@ use clap::{Parser, Subcommand};
 ///
 /// Start with `edgeclr demo`.
 #[derive(Debug, Parser)]
-#[command(name = "edgeclr", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "edgeclr",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,7 +56,22 @@ enum Command {
     Metrics(metrics::Args),
 }
 
+/// Restores the default SIGPIPE action, so `edgeclr ... | head` ends quietly
+/// like any Unix tool instead of failing on a closed stdout.
+#[cfg(unix)]
+fn reset_sigpipe() {
+    // SAFETY: called once at start-up, before any thread exists; SIG_DFL is a
+    // valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn reset_sigpipe() {}
+
 fn main() -> ExitCode {
+    reset_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),

@@ -56,13 +56,29 @@ fn class_names(set: &EmbeddingSet, labels: &[usize]) -> Vec<String> {
 
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
-        Command::Train { embeddings, out, c, max_iter, normalize, eval } => {
+        Command::Train {
+            embeddings,
+            out,
+            c,
+            max_iter,
+            normalize,
+            eval,
+        } => {
             let set = EmbeddingSet::load(&embeddings)?;
             let labels = set.require_labels(&embeddings)?;
-            let config = LinearProbeConfig { c, max_iter, normalize, ..LinearProbeConfig::default() };
-            let (mut probe, report) =
-                LinearProbe::fit(set.embeddings.view(), labels, class_names(&set, labels), &config)
-                    .context("training the probe")?;
+            let config = LinearProbeConfig {
+                c,
+                max_iter,
+                normalize,
+                ..LinearProbeConfig::default()
+            };
+            let (mut probe, report) = LinearProbe::fit(
+                set.embeddings.view(),
+                labels,
+                class_names(&set, labels),
+                &config,
+            )
+            .context("training the probe")?;
             probe.model = Some(set.meta.model.clone()).filter(|m| !m.is_empty());
             let train_acc = probe.accuracy(set.embeddings.view(), labels)?;
             probe.save(&out)?;
@@ -89,11 +105,17 @@ pub fn run(cmd: Command) -> Result<()> {
             let proba = probe.predict_proba(set.embeddings.view())?;
             println!("row,class,name,probability");
             for (row, p) in proba.rows().into_iter().enumerate() {
-                let (class, prob) = p
-                    .iter()
-                    .copied()
-                    .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |best, (i, v)| if v > best.1 { (i, v) } else { best });
+                let (class, prob) =
+                    p.iter()
+                        .copied()
+                        .enumerate()
+                        .fold((0, f32::NEG_INFINITY), |best, (i, v)| {
+                            if v > best.1 {
+                                (i, v)
+                            } else {
+                                best
+                            }
+                        });
                 println!("{row},{class},{},{prob:.4}", probe.classes()[class]);
             }
         }
@@ -105,6 +127,11 @@ fn print_eval(probe: &LinearProbe, embeddings: &std::path::Path) -> Result<()> {
     let set = EmbeddingSet::load(embeddings)?;
     let labels = set.require_labels(embeddings)?;
     let acc = probe.accuracy(set.embeddings.view(), labels)?;
-    println!("accuracy on {} ({} embeddings): {:.2}%", embeddings.display(), labels.len(), acc * 100.0);
+    println!(
+        "accuracy on {} ({} embeddings): {:.2}%",
+        embeddings.display(),
+        labels.len(),
+        acc * 100.0
+    );
     Ok(())
 }
