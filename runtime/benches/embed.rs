@@ -10,11 +10,13 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
+use edgeclr::backend::{load_encoder, Backend};
 use edgeclr::data::Dataset;
-use edgeclr::{Encoder, LoadOptions, Manifest, Preprocessor, TractEncoder};
+use edgeclr::{LoadOptions, Manifest, Preprocessor};
 use ndarray::{s, Array4};
 
 struct Row {
+    runtime: &'static str,
     threads: usize,
     batch: usize,
     images_per_sec: f64,
@@ -65,13 +67,19 @@ fn main() {
     let pre_rate = n as f64 / t.elapsed().as_secs_f64();
     drop(tensors);
 
+    // tract always; ONNX Runtime when built with `--features ort` and
+    // ORT_DYLIB_PATH names a library.
+    let mut backends = vec![("edgeclr/tract", Backend::Tract)];
+    if cfg!(feature = "ort") && std::env::var_os("ORT_DYLIB_PATH").is_some() {
+        backends.push(("edgeclr/ort", "ort".parse().expect("ort backend name")));
+    }
     let mut rows = Vec::new();
-    for threads in [1, 2] {
+    for ((runtime, backend), threads) in backends.iter().flat_map(|b| [1, 2].map(|t| (b, t))) {
         let options = LoadOptions {
             threads,
             embedding_only: true,
         };
-        let mut encoder = TractEncoder::load(&manifest, &options).expect("load");
+        let mut encoder = load_encoder(backend, &manifest, &options).expect("load");
         for batch in [1usize, 32] {
             let warm: Array4<f32> = pre.batch(&images[..batch]).expect("warm-up batch");
             encoder.run(warm.view()).expect("warm-up");
@@ -92,6 +100,7 @@ fn main() {
             let total = t.elapsed().as_secs_f64();
             lat.sort_by(f64::total_cmp);
             rows.push(Row {
+                runtime,
                 threads,
                 batch,
                 images_per_sec: n as f64 / total,
@@ -109,6 +118,8 @@ fn main() {
         .arg("--images")
         .arg(&images_path)
         .args(["--n", &n.to_string()])
+        .env_remove("OPENBLAS_CORETYPE")
+        .env_remove("OPENBLAS_L2_SIZE")
         .output();
     let peer: Option<serde_json::Value> = match peer {
         Ok(out) if out.status.success() => serde_json::from_slice(&out.stdout).ok(),
@@ -133,8 +144,8 @@ fn main() {
         manifest.name
     );
     println!(
-        "{:<10} {:>7} {:>6} {:>12} {:>10} {:>10} {:>14} {:>10}",
-        "runtime", "threads", "batch", "images/s", "p50 ms", "p99 ms", "ORT images/s", "tract/ORT"
+        "{:<14} {:>7} {:>6} {:>12} {:>10} {:>10} {:>14} {:>10}",
+        "runtime", "threads", "batch", "images/s", "p50 ms", "p99 ms", "py-ORT img/s", "vs py-ORT"
     );
     for r in &rows {
         let (ort_rate, ratio) =
@@ -143,13 +154,15 @@ fn main() {
                 None => ("-".into(), "-".into()),
             };
         println!(
-            "{:<10} {:>7} {:>6} {:>12.1} {:>10.1} {:>10.1} {:>14} {:>10}",
-            "tract", r.threads, r.batch, r.images_per_sec, r.p50_ms, r.p99_ms, ort_rate, ratio
+            "{:<14} {:>7} {:>6} {:>12.1} {:>10.1} {:>10.1} {:>14} {:>10}",
+            r.runtime, r.threads, r.batch, r.images_per_sec, r.p50_ms, r.p99_ms, ort_rate, ratio
         );
+    }
+    for r in rows.iter().filter(|r| r.runtime == "edgeclr/tract") {
         if let Some(p) = peer_row(r.threads, r.batch) {
             println!(
-                "{:<10} {:>7} {:>6} {:>12.1} {:>10.1} {:>10.1}",
-                "python-ort",
+                "{:<14} {:>7} {:>6} {:>12.1} {:>10.1} {:>10.1}",
+                "python ORT+PIL",
                 r.threads,
                 r.batch,
                 p["images_per_sec"].as_f64().unwrap_or(f64::NAN),
@@ -167,7 +180,7 @@ fn main() {
         peer_pre.map_or(String::new(), |v| format!(" (ratio {:.2})", pre_rate / v))
     );
     println!(
-        "peak RSS: edgeclr {rss:.0} MB (both thread counts loaded in turn), python+onnxruntime {} MB",
+        "peak RSS: edgeclr {rss:.0} MB (every backend and thread count loaded in turn), python+onnxruntime {} MB",
         peer.as_ref().and_then(|p| p["peak_rss_mb"].as_f64()).map_or("-".into(), |v| format!("{v:.0}"))
     );
 }
