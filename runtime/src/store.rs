@@ -62,34 +62,15 @@ pub fn meta_path(npy: &Path) -> PathBuf {
     npy.with_extension("json")
 }
 
-/// Writes `bytes` to `path` via a temporary file, fsync and rename.
+/// Writes a file atomically (see [`crate::atomic`]), as a [`StoreError`].
 pub fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut File) -> std::io::Result<()>,
 ) -> Result<(), StoreError> {
-    let io = |source| StoreError::Io {
+    crate::atomic::write_atomic(path, write).map_err(|source| StoreError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let mut tmp_name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    let mut file = File::create(&tmp).map_err(io)?;
-    write(&mut file).map_err(io)?;
-    file.flush().map_err(io)?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // Make the rename itself durable; not all filesystems allow it.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    })
 }
 
 fn npy_err(path: &Path) -> impl Fn(String) -> StoreError + '_ {

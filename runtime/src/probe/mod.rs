@@ -21,7 +21,7 @@ pub use lbfgs::{LbfgsConfig, LbfgsReport, Termination};
 pub use linear::{FitReport, LinearProbe, LinearProbeConfig, SoftmaxObjective};
 
 use std::collections::HashSet;
-use std::fs::{self, File};
+use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -212,47 +212,14 @@ pub(crate) fn accuracy_of(predicted: &[usize], labels: &[usize]) -> f64 {
 /// crash or power cut mid-save (common on edge devices) must not destroy a
 /// previously trained head.
 pub(crate) fn save_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let tmp = tmp_path(path);
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ProbeError::Io { path, source }
-    };
     let json = serde_json::to_vec(value).map_err(|source| ProbeError::Json {
         path: path.to_path_buf(),
         source,
     })?;
-    let written = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(&json)?;
-        file.sync_all()
-    })();
-    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
-        // Best effort: the temporary file is garbage either way.
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err(path)(e));
-    }
-    sync_parent_dir(path).map_err(io_err(path))
-}
-
-/// Makes the rename itself durable; directories cannot be fsynced on Windows.
-#[cfg(unix)]
-fn sync_parent_dir(path: &Path) -> std::io::Result<()> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    File::open(parent)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_parent_dir(_path: &Path) -> std::io::Result<()> {
-    Ok(())
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".tmp");
-    PathBuf::from(name)
+    crate::atomic::write_atomic(path, |f| f.write_all(&json)).map_err(|source| ProbeError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Reads a versioned JSON head, checking the envelope before the body so the
