@@ -19,6 +19,14 @@ pub enum Error {
     Probe(#[from] crate::probe::ProbeError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error(transparent)]
+    Augment(#[from] crate::augment::AugmentError),
+    #[error(transparent)]
+    Train(#[from] crate::adapt::trainer::TrainError),
+    #[error(transparent)]
+    Checkpoint(#[from] crate::adapt::checkpoint::CheckpointError),
+    #[error(transparent)]
+    Export(#[from] crate::adapt::export::ExportError),
 }
 
 /// `Result` with edgeclr's [`Error`].

@@ -31,6 +31,7 @@
 
 pub mod adapt;
 pub mod atomic;
+pub mod augment;
 pub mod backend;
 pub mod data;
 pub mod embed;

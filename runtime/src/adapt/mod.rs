@@ -7,4 +7,13 @@
 //! gradient is derived by hand and checked against finite differences in
 //! `runtime/tests/losses.rs`.
 
+pub mod bank;
+pub mod checkpoint;
+pub mod export;
+pub mod layers;
 pub mod loss;
+pub mod optim;
+pub mod params;
+pub mod trainer;
+
+pub use params::{Params, ParamsError};

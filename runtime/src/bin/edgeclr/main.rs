@@ -1,6 +1,7 @@
 //! `edgeclr`: run ONNX image encoders on the device, train probes and k-NN
 //! heads on their embeddings, and report representation diagnostics.
 
+mod adapt;
 mod classify;
 mod common;
 mod demo;
@@ -54,6 +55,10 @@ enum Command {
     Knn(knn::Command),
     /// Alignment, uniformity, effective rank and singular spectrum of embeddings.
     Metrics(metrics::Args),
+    /// Adapt the encoder on the device from unlabelled images: contrastive
+    /// training of an adapter + projection head on the frozen trunk, with a
+    /// MoCo memory bank, checkpoints (--resume) and ONNX export.
+    Adapt(Box<adapt::Args>),
 }
 
 /// Restores the default SIGPIPE action, so `edgeclr ... | head` ends quietly
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
         Command::Probe(cmd) => probe::run(cmd),
         Command::Knn(cmd) => knn::run(cmd),
         Command::Metrics(args) => metrics::run(args),
+        Command::Adapt(args) => adapt::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,354 @@
+//! `edgeclr adapt`: contrastive fine-tuning of an adapter + projection head on
+//! top of the frozen encoder, from unlabelled images, on the device.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use edgeclr::adapt::checkpoint::Checkpoint;
+use edgeclr::adapt::export::export_adapted;
+use edgeclr::adapt::trainer::{AdaptConfig, Trainer, ViewCache};
+use edgeclr::augment::{AugmentConfig, Augmenter};
+use edgeclr::data::Dataset;
+use edgeclr::embed::{embed_dataset, embed_images, EmbedOptions};
+use edgeclr::metrics::Diagnostics;
+use edgeclr::probe::{KnnHead, LinearProbe, LinearProbeConfig};
+use edgeclr::{Encoder, Preprocessor};
+use ndarray::{Array2, Axis};
+use serde::Serialize;
+
+use super::common::{progress, ModelArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Unlabelled training images: a folder, an IDX file, or an IDX directory
+    /// (its `train` split; labels, if any, are ignored).
+    #[arg(long, value_name = "DIR|IDX")]
+    pub images: PathBuf,
+    /// Labelled IDX directory for evaluation only: k-NN and linear probe fitted
+    /// on its `train` split, scored on its `t10k` split, every epoch.
+    #[arg(long, value_name = "DIR")]
+    pub val: Option<PathBuf>,
+    /// Run directory: checkpoint, metrics.jsonl, exported model.
+    #[arg(long, short = 'o', value_name = "RUN_DIR")]
+    pub out: PathBuf,
+    /// Continue from RUN_DIR/checkpoint.safetensors.
+    #[arg(long)]
+    pub resume: bool,
+    /// Objective: infonce[:tau=0.2], align-uniform[:lambda=1,t=2], spectral[:mu=1], sigmoid, byol.
+    #[arg(long, default_value = "infonce:tau=0.2")]
+    pub loss: String,
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f32,
+    /// sgd or adamw.
+    #[arg(long, default_value = "adamw")]
+    pub optimizer: String,
+    #[arg(long, default_value_t = 1e-4)]
+    pub weight_decay: f32,
+    /// MoCo queue length for infonce (0: in-batch negatives only).
+    #[arg(long, default_value_t = 4096)]
+    pub bank_size: usize,
+    /// EMA momentum of the key encoder.
+    #[arg(long, default_value_t = 0.99)]
+    pub momentum: f32,
+    /// Adapter bottleneck width.
+    #[arg(long, default_value_t = 128)]
+    pub bottleneck: usize,
+    /// Augmented views per image in the view cache (≥ 2).
+    #[arg(long, default_value_t = 2)]
+    pub views: usize,
+    /// Use only the first N training images.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// One line of metrics.jsonl.
+#[derive(Debug, Serialize)]
+struct EpochLog {
+    epoch: usize,
+    step: u64,
+    loss: f64,
+    lr: f32,
+    alignment: Option<f64>,
+    uniformity: f64,
+    effective_rank: f64,
+    knn_acc: Option<f64>,
+    seconds: f64,
+}
+
+/// Labelled evaluation data: frozen embeddings of a train and a test split.
+struct Val {
+    train: Array2<f32>,
+    train_labels: Vec<usize>,
+    test: Array2<f32>,
+    test_labels: Vec<usize>,
+    classes: Vec<String>,
+}
+
+fn knn_acc(train: &Array2<f32>, val: &Val, test: &Array2<f32>) -> Result<f64> {
+    let head = KnnHead::from_labelled(train.view(), &val.train_labels, val.classes.clone(), 20)?;
+    Ok(head.accuracy(test.view(), &val.test_labels)?)
+}
+
+fn probe_acc(train: &Array2<f32>, val: &Val, test: &Array2<f32>) -> Result<f64> {
+    let (probe, _) = LinearProbe::fit(
+        train.view(),
+        &val.train_labels,
+        val.classes.clone(),
+        &LinearProbeConfig::default(),
+    )?;
+    Ok(probe.accuracy(test.view(), &val.test_labels)?)
+}
+
+fn load_val(encoder: &mut dyn Encoder, dir: &Path) -> Result<Val> {
+    let mut split = |name: &str| -> Result<(Array2<f32>, Vec<usize>, Vec<String>)> {
+        let data =
+            Dataset::open(dir, Some(name)).with_context(|| format!("opening {}", dir.display()))?;
+        let bar = progress(data.len() as u64, &format!("val {name}"));
+        let out = embed_dataset(
+            encoder,
+            &data,
+            &EmbedOptions {
+                strict: true,
+                ..EmbedOptions::default()
+            },
+            |n| bar.set_position(n as u64),
+        )?;
+        bar.finish_and_clear();
+        let labels = out.labels.context("--val needs labelled data")?;
+        Ok((out.embeddings, labels, out.class_names.unwrap_or_default()))
+    };
+    let (train, train_labels, classes) = split("train")?;
+    let (test, test_labels, _) = split("t10k")?;
+    Ok(Val {
+        train,
+        train_labels,
+        test,
+        test_labels,
+        classes,
+    })
+}
+
+fn build_cache(
+    encoder: &mut dyn Encoder,
+    data: &Dataset,
+    n: usize,
+    views: usize,
+    seed: u64,
+) -> Result<ViewCache> {
+    let manifest = encoder.manifest().clone();
+    let preprocessor = Preprocessor::new(&manifest);
+    let [h, w] = manifest.preprocess.crop;
+    let config = AugmentConfig {
+        out_size: (w, h),
+        ..AugmentConfig::default()
+    };
+    let mut augmenter = Augmenter::new(config, seed)?;
+    let bar = progress((n * views) as u64, "views");
+    let mut cache: Vec<Vec<Array2<f32>>> = vec![Vec::new(); views];
+    for start in (0..n).step_by(32) {
+        let end = (start + 32).min(n);
+        let images = (start..end)
+            .map(|i| data.image(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (v, slot) in cache.iter_mut().enumerate() {
+            let batch: Vec<_> = images.iter().map(|im| augmenter.view(im)).collect();
+            slot.push(embed_images(encoder, &preprocessor, &batch)?.embedding);
+            bar.set_position((v * n + end) as u64);
+        }
+    }
+    bar.finish_and_clear();
+    let views = cache
+        .into_iter()
+        .map(|parts| {
+            let v: Vec<_> = parts.iter().map(|p| p.view()).collect();
+            ndarray::concatenate(Axis(0), &v)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ViewCache { views })
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if args.views < 2 {
+        bail!("--views must be at least 2 (a positive pair needs two views)");
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let ckpt_path = args.out.join("checkpoint.safetensors");
+    let log_path = args.out.join("metrics.jsonl");
+    let config = AdaptConfig {
+        loss: args.loss.clone(),
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        optimizer: args.optimizer.clone(),
+        weight_decay: args.weight_decay,
+        bottleneck: args.bottleneck,
+        bank_size: args.bank_size,
+        momentum: args.momentum,
+        seed: args.seed,
+        ..AdaptConfig::default()
+    };
+    let mut encoder = args.model.load(true)?;
+    let manifest = encoder.manifest().clone();
+    let data = Dataset::open(&args.images, Some("train"))
+        .with_context(|| format!("opening {}", args.images.display()))?;
+    let n = args.limit.map_or(data.len(), |l| l.min(data.len()));
+    if n < args.batch_size {
+        bail!(
+            "{} training images, fewer than one batch of {}",
+            n,
+            args.batch_size
+        );
+    }
+    let steps = Trainer::steps_per_epoch(n, args.batch_size);
+    let mut trainer = Trainer::new(config.clone(), manifest.outputs.embedding_dim, steps)?;
+    let mut first_epoch = 0;
+    if args.resume {
+        let ckpt = Checkpoint::load(&ckpt_path)?;
+        ckpt.check_model(&manifest)?;
+        let saved: AdaptConfig =
+            serde_json::from_str(&ckpt.config_json).context("reading the checkpoint's config")?;
+        if saved != config {
+            bail!(
+                "--resume with different settings than the checkpoint's ({}); pass the same flags",
+                ckpt_path.display()
+            );
+        }
+        trainer.restore_from(&ckpt)?;
+        first_epoch = ckpt.epoch as usize;
+        println!(
+            "resumed from {} at epoch {first_epoch}, step {}",
+            ckpt_path.display(),
+            ckpt.step
+        );
+    }
+    let started = Instant::now();
+    let cache = build_cache(&mut *encoder, &data, n, args.views, args.seed)?;
+    println!(
+        "view cache: {} images × {} views, {:.1} MiB (f32), built in {:.0}s",
+        n,
+        args.views,
+        cache.memory_bytes() as f64 / (1 << 20) as f64,
+        started.elapsed().as_secs_f64()
+    );
+    let val = args
+        .val
+        .as_deref()
+        .map(|d| load_val(&mut *encoder, d))
+        .transpose()?;
+
+    if !args.resume {
+        trainer.prefill_bank(cache.views[0].view())?;
+        let _ = std::fs::remove_file(&log_path);
+    }
+
+    let frozen = val
+        .as_ref()
+        .map(|v| -> Result<(f64, f64)> {
+            Ok((
+                knn_acc(&v.train, v, &v.test)?,
+                probe_acc(&v.train, v, &v.test)?,
+            ))
+        })
+        .transpose()?;
+    let frozen_diag = Diagnostics::compute(cache.views[0].view(), Some(cache.views[1].view()))?;
+    for epoch in first_epoch..args.epochs {
+        let t = Instant::now();
+        let bar = progress(steps as u64, &format!("epoch {}", epoch + 1));
+        let mut last_lr = 0.0;
+        let loss = trainer.train_epoch(&cache, |r| {
+            bar.inc(1);
+            last_lr = r.lr;
+        })?;
+        bar.finish_and_clear();
+        let a1 = trainer.adapt(cache.views[0].view())?;
+        let a2 = trainer.adapt(cache.views[1].view())?;
+        let diag = Diagnostics::compute(a1.view(), Some(a2.view()))?;
+        let knn = match &val {
+            Some(v) => Some(knn_acc(
+                &trainer.adapt(v.train.view())?,
+                v,
+                &trainer.adapt(v.test.view())?,
+            )?),
+            None => None,
+        };
+        let log = EpochLog {
+            epoch: epoch + 1,
+            step: trainer.step,
+            loss,
+            lr: last_lr,
+            alignment: diag.alignment,
+            uniformity: diag.uniformity,
+            effective_rank: diag.effective_rank,
+            knn_acc: knn,
+            seconds: t.elapsed().as_secs_f64(),
+        };
+        println!(
+            "epoch {:>3}  loss {:.4}  align {:.4}  uniform {:.3}  rank {:.1}{}",
+            log.epoch,
+            log.loss,
+            log.alignment.unwrap_or(f64::NAN),
+            log.uniformity,
+            log.effective_rank,
+            knn.map_or(String::new(), |k| format!("  k-NN {:.2}%", k * 100.0))
+        );
+        if diag.effective_rank < 0.25 * frozen_diag.effective_rank {
+            eprintln!("warning: collapse alarm: effective rank {:.1} fell below a quarter of the frozen {:.1}", diag.effective_rank, frozen_diag.effective_rank);
+        }
+        trainer
+            .checkpoint(&manifest, &config, epoch as u64 + 1)?
+            .save(&ckpt_path)?;
+        // One write per line, after the checkpoint: the log never runs ahead of it.
+        let mut line = serde_json::to_string(&log)?;
+        line.push('\n');
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        f.write_all(line.as_bytes())?;
+        f.sync_all()?;
+    }
+
+    let exported = export_adapted(
+        &manifest,
+        &trainer.params.with_prefix("adapter."),
+        &args.out.join("model"),
+        &format!("{}-adapted", manifest.name),
+    )?;
+    println!(
+        "exported the adapted encoder to {} ({})",
+        exported.onnx.display(),
+        exported.name
+    );
+    if let (Some(v), Some((fk, fp))) = (&val, frozen) {
+        let (tr, te) = (
+            trainer.adapt(v.train.view())?,
+            trainer.adapt(v.test.view())?,
+        );
+        let (ak, ap) = (knn_acc(&tr, v, &te)?, probe_acc(&tr, v, &te)?);
+        println!("\n                 k-NN (k=20)   linear probe");
+        println!(
+            "  frozen         {:>9.2}%   {:>10.2}%",
+            fk * 100.0,
+            fp * 100.0
+        );
+        println!(
+            "  adapted        {:>9.2}%   {:>10.2}%",
+            ak * 100.0,
+            ap * 100.0
+        );
+    }
+    println!("run directory: {}", args.out.display());
+    Ok(())
+}
