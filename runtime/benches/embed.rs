@@ -179,6 +179,23 @@ fn main() {
         peer_pre.map_or("-".into(), |v| format!("{v:.0}")),
         peer_pre.map_or(String::new(), |v| format!(" (ratio {:.2})", pre_rate / v))
     );
+    // Machine-readable copy for plotting (runtime/benches/plot_embed.py).
+    let json = serde_json::json!({
+        "images": n,
+        "model": manifest.name,
+        "rows": rows.iter().map(|r| serde_json::json!({
+            "runtime": r.runtime, "threads": r.threads, "batch": r.batch,
+            "images_per_sec": r.images_per_sec, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
+        })).collect::<Vec<_>>(),
+        "peer": peer,
+        "preprocess_images_per_sec": pre_rate,
+        "peak_rss_mb": rss,
+    });
+    let out = repo("target/bench-embed.json");
+    match std::fs::write(&out, serde_json::to_vec_pretty(&json).unwrap_or_default()) {
+        Ok(()) => println!("results: {}", out.display()),
+        Err(e) => eprintln!("could not write {}: {e}", out.display()),
+    }
     println!(
         "peak RSS: edgeclr {rss:.0} MB (every backend and thread count loaded in turn), python+onnxruntime {} MB",
         peer.as_ref().and_then(|p| p["peak_rss_mb"].as_f64()).map_or("-".into(), |v| format!("{v:.0}"))
