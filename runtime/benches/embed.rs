@@ -55,6 +55,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(64usize);
     let manifest = Manifest::load(&repo("models/mobilenet_v2")).expect("default model manifest");
+    if let Some(backend) = std::env::args().skip_while(|a| a != "--rss-only").nth(1) {
+        rss_only(&manifest, &backend, n);
+        return;
+    }
     let images_path = repo("data/fashion-mnist/t10k-images-idx3-ubyte.gz");
     let data = Dataset::open(&images_path, None).expect("shipped data");
     let n = n.min(data.len());
@@ -109,7 +113,20 @@ fn main() {
             });
         }
     }
-    let rss = peak_rss_mb();
+    // Peak RSS of each backend alone: the same work in a fresh process each.
+    let rss_of = |name: &str| -> Option<f64> {
+        let out = Command::new(std::env::current_exe().ok()?)
+            .args(["--rss-only", name, "--n", &n.to_string()])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("RSS_MB ")?.trim().parse().ok())
+    };
+    let rss: Vec<(&str, Option<f64>)> = backends
+        .iter()
+        .map(|(runtime, _)| (*runtime, rss_of(runtime.trim_start_matches("edgeclr/"))))
+        .collect();
 
     let peer = Command::new("python3")
         .arg(repo("runtime/benches/peer_onnxruntime.py"))
@@ -189,15 +206,42 @@ fn main() {
         })).collect::<Vec<_>>(),
         "peer": peer,
         "preprocess_images_per_sec": pre_rate,
-        "peak_rss_mb": rss,
+        "peak_rss_mb": rss.iter().map(|(r, mb)| (r.to_string(), serde_json::json!(mb))).collect::<serde_json::Map<_, _>>(),
     });
     let out = repo("target/bench-embed.json");
     match std::fs::write(&out, serde_json::to_vec_pretty(&json).unwrap_or_default()) {
         Ok(()) => println!("results: {}", out.display()),
         Err(e) => eprintln!("could not write {}: {e}", out.display()),
     }
+    let ours: Vec<String> = rss
+        .iter()
+        .map(|(r, mb)| format!("{r} {}", mb.map_or("-".into(), |v| format!("{v:.0} MB"))))
+        .collect();
     println!(
-        "peak RSS: edgeclr {rss:.0} MB (every backend and thread count loaded in turn), python+onnxruntime {} MB",
+        "peak RSS, each in its own process (batch 32 over the images): {}, python+onnxruntime {} MB",
+        ours.join(", "),
         peer.as_ref().and_then(|p| p["peak_rss_mb"].as_f64()).map_or("-".into(), |v| format!("{v:.0}"))
     );
+}
+
+/// Child mode: embed `n` images at batch 32 with one backend, print peak RSS.
+fn rss_only(manifest: &Manifest, backend: &str, n: usize) {
+    let backend: Backend = backend.parse().expect("backend name");
+    let options = LoadOptions {
+        threads: 1,
+        embedding_only: true,
+    };
+    let mut encoder = load_encoder(&backend, manifest, &options).expect("load");
+    let data =
+        Dataset::open(&repo("data/fashion-mnist/t10k-images-idx3-ubyte.gz"), None).expect("data");
+    let pre = Preprocessor::new(manifest);
+    for start in (0..n.min(data.len())).step_by(32) {
+        let end = (start + 32).min(n.min(data.len()));
+        let chunk: Vec<_> = (start..end)
+            .map(|i| data.image(i).expect("image"))
+            .collect();
+        let x = pre.batch(&chunk).expect("preprocess");
+        std::hint::black_box(encoder.run(x.view()).expect("run"));
+    }
+    println!("RSS_MB {}", peak_rss_mb());
 }
