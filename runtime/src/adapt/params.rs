@@ -126,6 +126,23 @@ impl Params {
         Ok(())
     }
 
+    /// Adds every tensor of `other` into `self`, inserting names `self` lacks
+    /// (summing the gradients of a parameter used more than once).
+    pub fn accumulate(&mut self, other: Params) -> Result<(), ParamsError> {
+        for (name, g) in other.0 {
+            match self.0.get_mut(&name) {
+                Some(dst) => {
+                    check_shape(&name, dst.view(), g.view())?;
+                    *dst += &g;
+                }
+                None => {
+                    self.0.insert(name, g);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The first tensor holding NaN or ±Inf, if any: a step must never write one.
     pub fn first_non_finite(&self) -> Option<&str> {
         self.iter()

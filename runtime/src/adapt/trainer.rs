@@ -284,8 +284,8 @@ impl Trainer {
                 let out = loss::byol_symmetric(p1.view(), p2.view(), t1.view(), t2.view())?;
                 let (dz1, g1) = mlp_backward(&self.params, "predictor", &pc1, out.grad_p1.view())?;
                 let (dz2, g2) = mlp_backward(&self.params, "predictor", &pc2, out.grad_p2.view())?;
-                grads.extend(g1);
-                grads.add_assign(&g2)?;
+                grads.accumulate(g1)?;
+                grads.accumulate(g2)?;
                 (out.value, dz1, dz2)
             }
         };
@@ -298,15 +298,8 @@ impl Trainer {
         for (hc, ac, dz) in [(&hc1, &ac1, &dz1), (&hc2, &ac2, &dz2)] {
             let (da, gh) = mlp_backward(&self.params, "head", hc, dz.view())?;
             let (_, ga) = adapter_backward(&self.params, ac, da.view())?;
-            for g in [gh, ga] {
-                for (name, t) in g.iter() {
-                    if grads.contains(name) {
-                        *grads.get_mut(name)? += t;
-                    } else {
-                        grads.insert(name, t.clone());
-                    }
-                }
-            }
+            grads.accumulate(gh)?;
+            grads.accumulate(ga)?;
         }
         if let Some(name) = grads.first_non_finite() {
             return Err(TrainError::NonFinite {

@@ -123,3 +123,12 @@ pub fn spinner(msg: String) -> ProgressBar {
     s.enable_steady_tick(Duration::from_millis(120));
     s
 }
+
+/// Class names for labelled embeddings: those stored with them, else "0", "1", ….
+pub fn class_names(set: &edgeclr::store::EmbeddingSet, labels: &[usize]) -> Vec<String> {
+    let n = labels.iter().copied().max().map_or(0, |m| m + 1);
+    match &set.meta.class_names {
+        Some(names) if names.len() >= n => names.clone(),
+        _ => (0..n).map(|c| c.to_string()).collect(),
+    }
+}

@@ -92,11 +92,7 @@ pub fn run(cmd: Command) -> Result<()> {
         Command::Fit { embeddings, out, k } => {
             let set = EmbeddingSet::load(&embeddings)?;
             let labels = set.require_labels(&embeddings)?;
-            let n = labels.iter().copied().max().map_or(0, |m| m + 1);
-            let classes = match &set.meta.class_names {
-                Some(c) if c.len() >= n => c.clone(),
-                _ => (0..n).map(|c| c.to_string()).collect(),
-            };
+            let classes = super::common::class_names(&set, labels);
             let head = KnnHead::from_labelled(set.embeddings.view(), labels, classes, k)?;
             head.save(&out)?;
             println!(

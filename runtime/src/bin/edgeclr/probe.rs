@@ -46,14 +46,6 @@ pub enum Command {
     },
 }
 
-fn class_names(set: &EmbeddingSet, labels: &[usize]) -> Vec<String> {
-    let n = labels.iter().copied().max().map_or(0, |m| m + 1);
-    match &set.meta.class_names {
-        Some(names) if names.len() >= n => names.clone(),
-        _ => (0..n).map(|c| c.to_string()).collect(),
-    }
-}
-
 pub fn run(cmd: Command) -> Result<()> {
     match cmd {
         Command::Train {
@@ -75,7 +67,7 @@ pub fn run(cmd: Command) -> Result<()> {
             let (mut probe, report) = LinearProbe::fit(
                 set.embeddings.view(),
                 labels,
-                class_names(&set, labels),
+                super::common::class_names(&set, labels),
                 &config,
             )
             .context("training the probe")?;
