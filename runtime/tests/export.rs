@@ -259,3 +259,82 @@ fn wrong_adapters_and_targets_are_refused() {
     // Nothing was written by any refused export.
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
 }
+
+/// Trained tail layers (MobileNetV2's last 1×1 conv, ReLU6, pooling) plus
+/// the adapter: the exported graph computes what the trainer computes in
+/// process (frozen trunk → tail → adapter), in tract and in ONNX Runtime.
+#[test]
+fn exported_tail_and_adapter_match_the_in_process_model() {
+    use edgeclr::adapt::tail::{self, TailChoice};
+    let manifest = default_manifest();
+    let (spec, init) = tail::load_tail(&manifest, &TailChoice::Auto).unwrap();
+    let dir = scratch("tail");
+    let trunk = tail::write_trunk(&manifest, &spec, &dir.join("trunk")).unwrap();
+    assert_eq!(trunk.outputs.embedding, "features.17");
+    assert_eq!(trunk.outputs.embedding_dim, 320 * 7 * 7);
+
+    let input = coffee();
+    let mut batch = ndarray::concatenate(Axis(0), &[input.view(), input.view()]).unwrap();
+    batch.index_axis_mut(Axis(0), 1).mapv_inplace(|v| -0.5 * v);
+    let original = run_tract(&manifest, &batch);
+    let cut = run_tract(&trunk, &batch).embedding;
+    let (frozen, _) = tail::forward(&spec, &init, cut.view()).unwrap();
+    let frozen_diff = max_abs_diff(frozen.view(), original.embedding.view());
+    say(&format!(
+        "export[tail]: trunk + tail in ndarray vs the whole model in tract: {frozen_diff:.3e}"
+    ));
+    assert!(frozen_diff < 1e-4, "{frozen_diff}");
+
+    // Trained-looking weights: every tail tensor perturbed, a random adapter.
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let mut params = random_adapter(43, D, R);
+    for (name, t) in init.iter() {
+        let t = t.mapv(|v| {
+            v * (1.0 + rng.random_range(-0.3f32..0.3)) + rng.random_range(-0.01f32..0.01)
+        });
+        params.insert(name, t);
+    }
+    let (e, _) = tail::forward(&spec, &params, cut.view()).unwrap();
+    let expected = adapter_forward(&params, &e);
+    let moved = max_abs_diff(e.view(), frozen.view());
+    assert!(
+        moved > 1e-2,
+        "the tail perturbation barely moves the embedding ({moved})"
+    );
+
+    let exported = export_adapted(&manifest, &params, &dir.join("model"), "mnv2_tail").unwrap();
+    assert!(exported
+        .description
+        .as_deref()
+        .unwrap()
+        .contains("features.18.0.weight"));
+    let adapted = run_tract(&exported, &batch);
+    let diff = max_abs_diff(adapted.embedding.view(), expected.view());
+    say(&format!(
+        "export[tail, tract]: tail moves the embedding by up to {moved:.4}; \
+         max |exported - in-process| = {diff:.3e}"
+    ));
+    assert!(diff < 1e-4, "tract: {diff}");
+
+    if std::env::var_os("ORT_DYLIB_PATH").is_none_or(|p| p.is_empty()) {
+        say("SKIPPED: export::exported_tail_and_adapter_match_the_in_process_model (ONNX Runtime part): set ORT_DYLIB_PATH to a libonnxruntime.so");
+        return;
+    }
+    let backend: Backend = "ort".parse().unwrap();
+    let cut_ort = load_encoder(&backend, &trunk, &LoadOptions::default())
+        .expect("the trunk loads in ONNX Runtime")
+        .run(batch.view())
+        .unwrap()
+        .embedding;
+    let trunk_diff = max_abs_diff(cut_ort.view(), cut.view());
+    let adapted_ort = load_encoder(&backend, &exported, &LoadOptions::default())
+        .expect("exported model loads in ONNX Runtime")
+        .run(batch.view())
+        .unwrap();
+    let diff_ort = max_abs_diff(adapted_ort.embedding.view(), expected.view());
+    say(&format!(
+        "export[tail, ort]: trunk ort vs tract {trunk_diff:.3e}; max |exported - in-process| = {diff_ort:.3e}"
+    ));
+    assert!(trunk_diff < 1e-4, "ort trunk: {trunk_diff}");
+    assert!(diff_ort < 1e-4, "ort: {diff_ort}");
+}

@@ -11,6 +11,12 @@
 //!                            └► (original consumers, e.g. the classifier) ─► logits
 //! ```
 //!
+//! When the run trained tail layers of the graph itself (`tail.*` in the
+//! parameters, see [`super::tail`]), their trained values replace the original
+//! initialisers of the same name (`tail.features.18.0.weight` →
+//! `features.18.0.weight`), so the graph's structure is unchanged below the
+//! adapter.
+//!
 //! The graph output keeps the manifest's embedding name and its `[N, D]`
 //! shape, so the exported manifest reads it exactly as before. Every node that
 //! consumed the original embedding (the ImageNet classifier's `Gemm` in the
@@ -130,12 +136,18 @@ pub fn export_adapted(
     let bytes = read_verified(manifest)?;
     let mut proto = parse_proto(&manifest.onnx, &bytes)?;
     drop(bytes);
+    let tail = replace_tail_initialisers(&mut proto, adapter)?;
     append_adapter(&mut proto, &manifest.outputs.embedding, adapter)?;
     proto.metadata_props.extend([
         entry("edgeclr.adapted_from", &manifest.name),
         entry("edgeclr.adapted_from_sha256", &manifest.sha256),
         entry("edgeclr.adapter_rank", &r.to_string()),
     ]);
+    if !tail.is_empty() {
+        proto
+            .metadata_props
+            .push(entry("edgeclr.trained_initialisers", &tail.join(",")));
+    }
     let onnx_bytes = proto.encode_to_vec();
     drop(proto);
 
@@ -167,9 +179,20 @@ pub fn export_adapted(
     out.onnx = PathBuf::from(&onnx_file);
     out.sha256 = sha256_hex(&onnx_bytes);
     out.description = Some(format!(
-        "{} adapted on device by edgeclr: residual bottleneck adapter (r = {r}) on its \
-         '{}' output; logits, if any, are the original classifier's on the frozen embedding",
-        manifest.name, manifest.outputs.embedding
+        "{} adapted on device by edgeclr: {}residual bottleneck adapter (r = {r}) on its \
+         '{}' output; logits, if any, are the original classifier's on the {} embedding",
+        manifest.name,
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!("trained tail layers ({}), ", tail.join(", "))
+        },
+        manifest.outputs.embedding,
+        if tail.is_empty() {
+            "frozen"
+        } else {
+            "pre-adapter"
+        }
     ));
     out.source = format!(
         "edgeclr export of '{}' (sha256 {}) with an adapter; original source: {}",
@@ -198,6 +221,48 @@ pub fn export_adapted(
     })
     .map_err(io(&manifest_path))?;
     Ok(Manifest::load(&manifest_path)?)
+}
+
+/// Puts every `tail.<name>` tensor of `params` into the initialiser `<name>`
+/// (same shape, finite), and returns the names replaced.
+fn replace_tail_initialisers(
+    proto: &mut pb::ModelProto,
+    params: &Params,
+) -> Result<Vec<String>, ExportError> {
+    let graph = proto
+        .graph
+        .as_mut()
+        .ok_or_else(|| ExportError::Graph("holds no graph".into()))?;
+    let mut replaced = Vec::new();
+    for (name, value) in params.iter() {
+        let Some(original) = name.strip_prefix(super::tail::TAIL_PREFIX) else {
+            continue;
+        };
+        let init = graph
+            .initializer
+            .iter_mut()
+            .find(|t| t.name == original)
+            .ok_or_else(|| {
+                ExportError::Graph(format!(
+                    "has no initialiser '{original}' for the trained tail tensor '{name}'"
+                ))
+            })?;
+        let dims: Vec<i64> = value.shape().iter().map(|&d| d as i64).collect();
+        if init.dims != dims || init.data_type != pb::tensor_proto::DataType::Float as i32 {
+            return Err(ParamsError::Shape {
+                name: name.to_owned(),
+                got: value.shape().to_vec(),
+                expected: init.dims.iter().map(|&d| d.max(0) as usize).collect(),
+            }
+            .into());
+        }
+        if value.iter().any(|v| !v.is_finite()) {
+            return Err(ParamsError::NonFinite(name.to_owned()).into());
+        }
+        *init = f32_initializer(original, value);
+        replaced.push(original.to_owned());
+    }
+    Ok(replaced)
 }
 
 fn entry(key: &str, value: &str) -> pb::StringStringEntryProto {

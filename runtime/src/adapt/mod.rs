@@ -14,6 +14,7 @@ pub mod layers;
 pub mod loss;
 pub mod optim;
 pub mod params;
+pub mod tail;
 pub mod trainer;
 
 pub use params::{Params, ParamsError};

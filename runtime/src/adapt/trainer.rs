@@ -7,12 +7,17 @@
 //! `--loss infonce` and a bank size > 0 the negatives come from a MoCo queue
 //! filled by a momentum (EMA) copy of adapter + head; BYOL uses the EMA copy as
 //! its target and trains a predictor; SigLIP learns its temperature and bias.
+//!
+//! With trainable tail layers ([`super::tail`]) the step's inputs are the
+//! frozen trunk's outputs (the cut tensor, flattened) instead of embeddings:
+//! tail → adapter → head, and the momentum copy holds the tail too.
 
 use ndarray::{Array2, ArrayD, ArrayView2, Axis};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use tract_onnx::prelude::f16;
 
 use super::bank::MemoryBank;
 use super::layers::{
@@ -21,6 +26,7 @@ use super::layers::{
 use super::loss::{self, Objective, SigmoidParams};
 use super::optim::{CosineSchedule, Optimizer, OptimizerKind};
 use super::params::Params;
+use super::tail::{self, TailCache, TailSpec, TAIL_PREFIX};
 
 /// Errors of the training loop.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +41,8 @@ pub enum TrainError {
     Optim(#[from] super::optim::OptimError),
     #[error(transparent)]
     Bank(#[from] super::bank::BankError),
+    #[error(transparent)]
+    Tail(#[from] super::tail::TailError),
     #[error("invalid adaptation setting: {0}")]
     Config(String),
     #[error("step {step}: {what} is not finite; the step was not applied (lower --lr?)")]
@@ -61,6 +69,10 @@ pub struct AdaptConfig {
     /// EMA momentum of the key/target copy.
     pub momentum: f32,
     pub seed: u64,
+    /// The trainable tail layers of the ONNX graph (`auto` or the first
+    /// node's name; `None`: adapter only). Absent in older checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_tail: Option<String>,
 }
 
 impl Default for AdaptConfig {
@@ -79,6 +91,7 @@ impl Default for AdaptConfig {
             bank_size: 4096,
             momentum: 0.99,
             seed: 0,
+            train_tail: None,
         }
     }
 }
@@ -125,8 +138,12 @@ pub struct Trainer {
     objective: Objective,
     /// Adapter, head, predictor and loss parameters.
     pub params: Params,
-    /// Momentum copy of adapter + head (keys for the bank, BYOL's target).
+    /// Momentum copy of tail + adapter + head (keys for the bank, BYOL's target).
     pub ema: Params,
+    /// The trainable tail layers, when the trunk is cut below the embedding.
+    tail: Option<TailSpec>,
+    /// The tail's original weights: the frozen encoder's embedding.
+    tail_init: Params,
     optimizer: Box<dyn Optimizer>,
     pub bank: Option<MemoryBank>,
     schedule: CosineSchedule,
@@ -146,7 +163,25 @@ impl Trainer {
         dim: usize,
         steps_per_epoch: usize,
     ) -> Result<Self, TrainError> {
+        Self::with_tail(config, None, dim, steps_per_epoch)
+    }
+
+    /// A fresh trainer that also trains `tail` (its spec and initial
+    /// weights, from [`super::tail::load_tail`]); its inputs are then the
+    /// trunk's outputs. Without a tail this is [`Trainer::new`].
+    pub fn with_tail(
+        config: AdaptConfig,
+        tail: Option<(TailSpec, Params)>,
+        dim: usize,
+        steps_per_epoch: usize,
+    ) -> Result<Self, TrainError> {
         config.validate()?;
+        if tail.is_some() != config.train_tail.is_some() {
+            return Err(TrainError::Config(
+                "config.train_tail and the tail layers given disagree".into(),
+            ));
+        }
+        let dim = tail.as_ref().map_or(dim, |(spec, _)| spec.out_dim);
         let objective = config.objective()?;
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let mut params = Params::new();
@@ -177,8 +212,19 @@ impl Trainer {
             );
             params.insert("loss.bias", ArrayD::from_elem(vec![1], init.bias as f32));
         }
+        let (tail, tail_init) = match tail {
+            Some((spec, init)) => {
+                for name in spec.param_names() {
+                    init.get(&name)?;
+                }
+                params.extend(init.clone());
+                (Some(spec), init)
+            }
+            None => (None, Params::new()),
+        };
         let mut ema = params.with_prefix("adapter.");
         ema.extend(params.with_prefix("head."));
+        ema.extend(params.with_prefix(TAIL_PREFIX));
         let bank = match (&objective, config.bank_size) {
             (Objective::Infonce { .. }, k) if k > 0 => Some(MemoryBank::new(k, config.head_out)?),
             _ => None,
@@ -195,6 +241,8 @@ impl Trainer {
             objective,
             params,
             ema,
+            tail,
+            tail_init,
             bank,
             schedule,
             step: 0,
@@ -203,15 +251,74 @@ impl Trainer {
         })
     }
 
-    /// Adapted embeddings (adapter only): what probes and exports use.
+    /// The trainable tail layers, if any.
+    pub fn tail(&self) -> Option<&TailSpec> {
+        self.tail.as_ref()
+    }
+
+    /// Width of the adapted embedding.
+    pub fn embedding_dim(&self) -> Result<usize, TrainError> {
+        Ok(self.params.get("adapter.up.bias")?.len())
+    }
+
+    /// Rows per chunk when embedding many samples at once (bounds the
+    /// memory of the tail's `[C, B·H·W]` activations).
+    const CHUNK: usize = 256;
+
+    /// Tail (if any) then adapter, with the weights in `p`; caches for backward.
+    fn forward(
+        &self,
+        p: &Params,
+        x: ArrayView2<f32>,
+    ) -> Result<(Array2<f32>, super::layers::AdapterCache, Option<TailCache>), TrainError> {
+        match &self.tail {
+            Some(spec) => {
+                let (e, tc) = tail::forward(spec, p, x)?;
+                let (a, ac) = adapter_forward(p, e.view())?;
+                Ok((a, ac, Some(tc)))
+            }
+            None => {
+                let (a, ac) = adapter_forward(p, x)?;
+                Ok((a, ac, None))
+            }
+        }
+    }
+
+    /// `f` applied to row chunks of `x`, results stacked.
+    fn chunked(
+        x: ArrayView2<f32>,
+        mut f: impl FnMut(ArrayView2<f32>) -> Result<Array2<f32>, TrainError>,
+    ) -> Result<Array2<f32>, TrainError> {
+        let parts = x
+            .axis_chunks_iter(Axis(0), Self::CHUNK)
+            .map(&mut f)
+            .collect::<Result<Vec<_>, _>>()?;
+        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+        ndarray::concatenate(Axis(0), &views)
+            .map_err(|e| TrainError::Config(format!("empty batch: {e}")))
+    }
+
+    /// Adapted embeddings (tail, if any, then adapter): what probes and
+    /// exports use. `x` is what [`Trainer::train_step`] takes.
     pub fn adapt(&self, x: ArrayView2<f32>) -> Result<Array2<f32>, TrainError> {
-        Ok(adapter_forward(&self.params, x)?.0)
+        Self::chunked(x, |c| Ok(self.forward(&self.params, c)?.0))
+    }
+
+    /// The frozen encoder's embeddings of `x`: `x` itself without a tail,
+    /// else the tail with its original weights (no adapter).
+    pub fn frozen(&self, x: ArrayView2<f32>) -> Result<Array2<f32>, TrainError> {
+        match &self.tail {
+            Some(spec) => Self::chunked(x, |c| Ok(tail::forward(spec, &self.tail_init, c)?.0)),
+            None => Ok(x.to_owned()),
+        }
     }
 
     /// Keys from the momentum copy (no gradient).
     fn ema_keys(&self, x: ArrayView2<f32>) -> Result<Array2<f32>, TrainError> {
-        let (a, _) = adapter_forward(&self.ema, x)?;
-        Ok(mlp_forward(&self.ema, "head", a.view())?.0)
+        Self::chunked(x, |c| {
+            let (a, _, _) = self.forward(&self.ema, c)?;
+            Ok(mlp_forward(&self.ema, "head", a.view())?.0)
+        })
     }
 
     /// Fills the bank with keys of `x` before training, so the first steps
@@ -220,30 +327,41 @@ impl Trainer {
         if self.bank.is_none() {
             return Ok(());
         }
-        let keys = self.ema_keys(x)?;
-        if let Some(bank) = self.bank.as_mut() {
-            for chunk in keys.axis_chunks_iter(Axis(0), self.config.batch_size) {
-                bank.enqueue(chunk)?;
+        for chunk in x.axis_chunks_iter(Axis(0), self.config.batch_size) {
+            let keys = self.ema_keys(chunk)?;
+            if let Some(bank) = self.bank.as_mut() {
+                bank.enqueue(keys.view())?;
             }
         }
         Ok(())
     }
 
-    /// One optimisation step on two views `x1`, `x2` (frozen embeddings, `[B, D]`).
+    /// One optimisation step on two views `x1`, `x2` of the same batch, `[B, W]`:
+    /// the frozen trunk's outputs, i.e. the frozen embeddings, or with a tail
+    /// the flattened cut tensor (`[B, C·H·W]`). This is the whole per-step
+    /// API: a camera app augments two views of each frame, runs the trunk on
+    /// them, and calls this.
+    ///
+    /// With a MoCo bank the keys of `x2` are computed once by the momentum
+    /// copy, used as the positives, and exactly those keys are enqueued after
+    /// the update (MoCo's Algorithm 1).
     pub fn train_step(
         &mut self,
         x1: ArrayView2<f32>,
         x2: ArrayView2<f32>,
     ) -> Result<StepReport, TrainError> {
-        let (a1, ac1) = adapter_forward(&self.params, x1)?;
-        let (a2, ac2) = adapter_forward(&self.params, x2)?;
+        let (a1, ac1, tc1) = self.forward(&self.params, x1)?;
+        let (a2, ac2, tc2) = self.forward(&self.params, x2)?;
         let (z1, hc1) = mlp_forward(&self.params, "head", a1.view())?;
         let (z2, hc2) = mlp_forward(&self.params, "head", a2.view())?;
+        let moco_keys = match (&self.bank, self.objective) {
+            (Some(_), Objective::Infonce { .. }) => Some(self.ema_keys(x2)?),
+            _ => None,
+        };
         let mut grads = Params::new();
         let (value, dz1, dz2) = match self.objective {
-            Objective::Infonce { tau } => match &self.bank {
-                Some(bank) if !bank.is_empty() => {
-                    let keys = self.ema_keys(x2)?;
+            Objective::Infonce { tau } => match (&self.bank, &moco_keys) {
+                (Some(bank), Some(keys)) if !bank.is_empty() => {
                     let out = loss::infonce_bank(z1.view(), keys.view(), bank.negatives(), tau)?;
                     (out.value, out.grad, Array2::zeros(z2.raw_dim()))
                 }
@@ -295,11 +413,14 @@ impl Trainer {
                 what: "the loss".into(),
             });
         }
-        for (hc, ac, dz) in [(&hc1, &ac1, &dz1), (&hc2, &ac2, &dz2)] {
+        for (hc, ac, tc, dz) in [(&hc1, &ac1, &tc1, &dz1), (&hc2, &ac2, &tc2, &dz2)] {
             let (da, gh) = mlp_backward(&self.params, "head", hc, dz.view())?;
-            let (_, ga) = adapter_backward(&self.params, ac, da.view())?;
+            let (dx, ga) = adapter_backward(&self.params, ac, da.view())?;
             grads.accumulate(gh)?;
             grads.accumulate(ga)?;
+            if let (Some(spec), Some(tc)) = (&self.tail, tc) {
+                grads.accumulate(tail::backward(spec, &self.params, tc, dx.view())?)?;
+            }
         }
         if let Some(name) = grads.first_non_finite() {
             return Err(TrainError::NonFinite {
@@ -321,11 +442,8 @@ impl Trainer {
         }
         let momentum = self.config.momentum;
         self.ema.ema_update(&self.params, momentum)?;
-        if let (Some(_), Objective::Infonce { .. }) = (&self.bank, self.objective) {
-            let keys = self.ema_keys(x2)?;
-            if let Some(bank) = self.bank.as_mut() {
-                bank.enqueue(keys.view())?;
-            }
+        if let (Some(bank), Some(keys)) = (self.bank.as_mut(), &moco_keys) {
+            bank.enqueue(keys.view())?;
         }
         self.step += 1;
         Ok(StepReport {
@@ -336,6 +454,18 @@ impl Trainer {
         })
     }
 
+    /// This epoch's batches over `n` images: a fresh shuffle, chunks of
+    /// the batch size, a last chunk of one image dropped.
+    fn epoch_batches(&mut self, n: usize) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut self.rng);
+        order
+            .chunks(self.config.batch_size)
+            .filter(|b| b.len() >= 2)
+            .map(<[usize]>::to_vec)
+            .collect()
+    }
+
     /// One pass over a view cache: each image once per epoch, two distinct
     /// random views of it per step. Returns the mean loss.
     pub fn train_epoch(
@@ -343,16 +473,35 @@ impl Trainer {
         cache: &ViewCache,
         mut on_step: impl FnMut(&StepReport),
     ) -> Result<f64, TrainError> {
-        let n = cache.len();
-        let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut self.rng);
         let mut total = 0.0;
         let mut steps = 0;
-        for batch in order.chunks(self.config.batch_size) {
-            if batch.len() < 2 {
-                continue;
-            }
-            let (x1, x2) = cache.pair(batch, &mut self.rng);
+        for batch in self.epoch_batches(cache.len()) {
+            let (x1, x2) = cache.pair(&batch, &mut self.rng);
+            let report = self.train_step(x1.view(), x2.view())?;
+            total += report.loss;
+            steps += 1;
+            on_step(&report);
+        }
+        Ok(if steps == 0 {
+            f64::NAN
+        } else {
+            total / steps as f64
+        })
+    }
+
+    /// One pass over `n` images in streaming mode: `views(batch)` returns
+    /// two freshly augmented views of the listed images through the frozen
+    /// trunk (as a camera would), nothing is cached. Returns the mean loss.
+    pub fn train_epoch_stream<E: From<TrainError>>(
+        &mut self,
+        n: usize,
+        mut views: impl FnMut(&[usize]) -> Result<(Array2<f32>, Array2<f32>), E>,
+        mut on_step: impl FnMut(&StepReport),
+    ) -> Result<f64, E> {
+        let mut total = 0.0;
+        let mut steps = 0;
+        for batch in self.epoch_batches(n) {
+            let (x1, x2) = views(&batch)?;
             let report = self.train_step(x1.view(), x2.view())?;
             total += report.loss;
             steps += 1;
@@ -372,41 +521,213 @@ impl Trainer {
     }
 }
 
-/// Frozen embeddings of `V` augmented views of every training image, computed
-/// once so that many epochs cost only the head's arithmetic.
+/// How a [`ViewCache`] stores its views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Half precision: half the memory; the trunk outputs of MobileNetV2
+    /// (ReLU6-bounded or small) lose ~1e-3 relative, far below view noise.
+    F16,
+    #[default]
+    F32,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f16" => Ok(Precision::F16),
+            "f32" => Ok(Precision::F32),
+            other => Err(format!("unknown precision '{other}' (expected f16 or f32)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F16 => "f16",
+            Precision::F32 => "f32",
+        })
+    }
+}
+
+/// One view of every image, `[N, W]`, in the cache's precision.
+#[derive(Debug, Clone)]
+enum ViewStore {
+    F16(Array2<f16>),
+    F32(Array2<f32>),
+}
+
+impl ViewStore {
+    fn new(v: Array2<f32>, precision: Precision) -> Self {
+        match precision {
+            Precision::F32 => ViewStore::F32(v),
+            Precision::F16 => ViewStore::F16(v.mapv(f16::from_f32)),
+        }
+    }
+
+    fn dim(&self) -> (usize, usize) {
+        match self {
+            ViewStore::F16(a) => a.dim(),
+            ViewStore::F32(a) => a.dim(),
+        }
+    }
+
+    fn copy_row(&self, r: usize, mut out: ndarray::ArrayViewMut1<f32>) {
+        match self {
+            ViewStore::F16(a) => out.zip_mut_with(&a.row(r), |o, &v| *o = v.to_f32()),
+            ViewStore::F32(a) => out.assign(&a.row(r)),
+        }
+    }
+}
+
+/// Builds a [`ViewCache`] batch by batch, converting each batch to the
+/// cache's precision as it arrives (an f16 cache never holds all views in f32).
+#[derive(Debug)]
+pub struct ViewCacheBuilder {
+    parts: Vec<Vec<ViewStore>>,
+    precision: Precision,
+}
+
+impl ViewCacheBuilder {
+    pub fn new(views: usize, precision: Precision) -> Self {
+        Self {
+            parts: (0..views).map(|_| Vec::new()).collect(),
+            precision,
+        }
+    }
+
+    /// Appends rows to view `v`.
+    pub fn push(&mut self, v: usize, rows: Array2<f32>) -> Result<(), TrainError> {
+        let slot = self.parts.get_mut(v).ok_or_else(|| {
+            TrainError::Config(format!("view {v} is out of range for this cache"))
+        })?;
+        slot.push(ViewStore::new(rows, self.precision));
+        Ok(())
+    }
+
+    /// The finished cache; every view must hold the same images.
+    pub fn finish(self) -> Result<ViewCache, TrainError> {
+        let join = |parts: Vec<ViewStore>| -> Result<ViewStore, TrainError> {
+            let err = |e: ndarray::ShapeError| TrainError::Config(format!("view cache: {e}"));
+            Ok(match self.precision {
+                Precision::F16 => {
+                    let v: Vec<_> = parts
+                        .iter()
+                        .filter_map(|p| match p {
+                            ViewStore::F16(a) => Some(a.view()),
+                            ViewStore::F32(_) => None,
+                        })
+                        .collect();
+                    ViewStore::F16(ndarray::concatenate(Axis(0), &v).map_err(err)?)
+                }
+                Precision::F32 => {
+                    let v: Vec<_> = parts
+                        .iter()
+                        .filter_map(|p| match p {
+                            ViewStore::F32(a) => Some(a.view()),
+                            ViewStore::F16(_) => None,
+                        })
+                        .collect();
+                    ViewStore::F32(ndarray::concatenate(Axis(0), &v).map_err(err)?)
+                }
+            })
+        };
+        let views = self
+            .parts
+            .into_iter()
+            .map(join)
+            .collect::<Result<Vec<_>, _>>()?;
+        let dims: Vec<_> = views.iter().map(ViewStore::dim).collect();
+        if dims.len() < 2 || dims.iter().any(|d| *d != dims[0]) {
+            return Err(TrainError::Config(format!(
+                "a view cache needs at least two views of equal shape, got {dims:?}"
+            )));
+        }
+        Ok(ViewCache {
+            views,
+            precision: self.precision,
+        })
+    }
+}
+
+/// Trunk outputs of `V` augmented views of every training image, computed
+/// once so that many epochs cost only the trainable layers' arithmetic.
+/// With tail layers a view is the cut tensor (MobileNetV2: 320×7×7 = 15680
+/// values, 25× the embedding), so f16 storage matters.
 #[derive(Debug, Clone)]
 pub struct ViewCache {
-    /// `views[v]` is `[N, D]`: view `v` of every image.
-    pub views: Vec<Array2<f32>>,
+    views: Vec<ViewStore>,
+    precision: Precision,
 }
 
 impl ViewCache {
+    /// A cache of `views` (`views[v]` is `[N, W]`: view `v` of every image),
+    /// all the same shape, stored at `precision`.
+    pub fn new(views: Vec<Array2<f32>>, precision: Precision) -> Result<Self, TrainError> {
+        let mut builder = ViewCacheBuilder::new(views.len(), precision);
+        for (v, rows) in views.into_iter().enumerate() {
+            builder.push(v, rows)?;
+        }
+        builder.finish()
+    }
+
     pub fn len(&self) -> usize {
-        self.views.first().map_or(0, |v| v.nrows())
+        self.views.first().map_or(0, |v| v.dim().0)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Views per image.
+    pub fn num_views(&self) -> usize {
+        self.views.len()
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Bytes held by the stored views.
     pub fn memory_bytes(&self) -> usize {
-        self.views
-            .iter()
-            .map(|v| v.len() * std::mem::size_of::<f32>())
-            .sum()
+        let (n, w) = self.views.first().map_or((0, 0), ViewStore::dim);
+        let per = match self.precision {
+            Precision::F16 => 2,
+            Precision::F32 => 4,
+        };
+        self.views.len() * n * w * per
+    }
+
+    /// The listed images' view `v` as f32, `[rows.len(), W]`.
+    pub fn rows(&self, v: usize, rows: &[usize]) -> Array2<f32> {
+        let w = self.views[v].dim().1;
+        let mut out = Array2::zeros((rows.len(), w));
+        for (i, &r) in rows.iter().enumerate() {
+            self.views[v].copy_row(r, out.row_mut(i));
+        }
+        out
+    }
+
+    /// View `v` of every image as f32.
+    pub fn view(&self, v: usize) -> Array2<f32> {
+        let all: Vec<usize> = (0..self.len()).collect();
+        self.rows(v, &all)
     }
 
     /// Two different views of each listed image.
     fn pair(&self, rows: &[usize], rng: &mut ChaCha8Rng) -> (Array2<f32>, Array2<f32>) {
         let v = self.views.len();
         let mut choice: Vec<usize> = (0..v).collect();
-        let dim = self.views[0].ncols();
+        let dim = self.views[0].dim().1;
         let mut x1 = Array2::zeros((rows.len(), dim));
         let mut x2 = Array2::zeros((rows.len(), dim));
         for (i, &r) in rows.iter().enumerate() {
             choice.shuffle(rng);
-            x1.row_mut(i).assign(&self.views[choice[0]].row(r));
-            x2.row_mut(i).assign(&self.views[choice[1 % v]].row(r));
+            self.views[choice[0]].copy_row(r, x1.row_mut(i));
+            self.views[choice[1 % v]].copy_row(r, x2.row_mut(i));
         }
         (x1, x2)
     }
@@ -461,6 +782,16 @@ impl Trainer {
     /// the checkpoint's metadata via `step`).
     pub fn restore_from(&mut self, ckpt: &super::checkpoint::Checkpoint) -> Result<(), TrainError> {
         let tensors = &ckpt.tensors;
+        let saved_tail = tensors.names().any(|n| n.starts_with(TAIL_PREFIX));
+        if saved_tail != self.tail.is_some() {
+            return Err(TrainError::Config(if saved_tail {
+                "the checkpoint was trained with tail layers (--train-tail); resume with the \
+                 same --train-tail"
+                    .into()
+            } else {
+                "the checkpoint was trained without tail layers; resume without --train-tail".into()
+            }));
+        }
         let names: Vec<String> = self.params.names().map(str::to_owned).collect();
         for name in names {
             let saved = tensors.get(&name)?.clone();

@@ -269,3 +269,32 @@ impl Encoder for TractEncoder {
         })
     }
 }
+
+/// The shape of one sample of `proto`'s first output, by tract's shape
+/// inference: ONNX files rarely declare the shapes of inner tensors, and the
+/// trainable tail needs the width of the tensor the trunk is cut at.
+pub fn infer_output_shape(
+    proto: &tract_onnx::pb::ModelProto,
+    sample_shape: &[usize],
+) -> Result<Vec<usize>, ModelError> {
+    let mut model = tract_onnx::onnx()
+        .model_for_proto_model(proto)
+        .map_err(backend_err)?;
+    let mut shape: TVec<usize> = tvec![1];
+    shape.extend(sample_shape.iter().copied());
+    model
+        .set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), shape))
+        .map_err(backend_err)?;
+    let model = model.into_typed().map_err(backend_err)?;
+    let outlet = *model
+        .output_outlets()
+        .map_err(backend_err)?
+        .first()
+        .ok_or_else(|| backend_err("the model has no output"))?;
+    let fact = model.outlet_fact(outlet).map_err(backend_err)?;
+    let dims = fact
+        .shape
+        .as_concrete()
+        .ok_or_else(|| backend_err(format!("output shape {:?} is not concrete", fact.shape)))?;
+    Ok(dims.iter().skip(1).copied().collect())
+}

@@ -9,14 +9,16 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use edgeclr::adapt::checkpoint::Checkpoint;
 use edgeclr::adapt::export::export_adapted;
-use edgeclr::adapt::trainer::{AdaptConfig, Trainer, ViewCache};
+use edgeclr::adapt::tail::{load_tail, write_trunk, TailChoice};
+use edgeclr::adapt::trainer::{AdaptConfig, Precision, Trainer, ViewCache, ViewCacheBuilder};
 use edgeclr::augment::{AugmentConfig, Augmenter};
+use edgeclr::backend::load_encoder;
 use edgeclr::data::Dataset;
 use edgeclr::embed::{embed_dataset, embed_images, EmbedOptions};
 use edgeclr::metrics::Diagnostics;
 use edgeclr::probe::{KnnHead, LinearProbe, LinearProbeConfig};
-use edgeclr::{Encoder, Preprocessor};
-use ndarray::{Array2, Axis};
+use edgeclr::{Encoder, LoadOptions, Preprocessor};
+use ndarray::Array2;
 use serde::Serialize;
 
 use super::common::{progress, ModelArgs};
@@ -65,6 +67,23 @@ pub struct Args {
     /// Augmented views per image in the view cache (≥ 2).
     #[arg(long, default_value_t = 2)]
     pub views: usize,
+    /// Also train the last layers of the ONNX graph: `auto` (the last
+    /// weighted layer before the embedding and what follows it; for
+    /// MobileNetV2 the 1×1 conv 320→1280, ReLU6 and pooling) or the name of
+    /// the first node to train. Only Gemm, MatMul, 1×1 Conv, bias Add, Relu,
+    /// Clip, GlobalAveragePool/ReduceMean and Flatten/Reshape can be trained;
+    /// the trunk is cut before them and the views hold the cut tensor.
+    #[arg(long, value_name = "auto|NODE")]
+    pub train_tail: Option<String>,
+    /// Storage of the view cache: f16 or f32 (default: f16 with
+    /// --train-tail, whose cut tensors are large; f32 otherwise).
+    #[arg(long, value_name = "f16|f32")]
+    pub cache_precision: Option<Precision>,
+    /// Streaming mode: fresh augmented views through the trunk at every
+    /// step (as from a camera), no view cache. Slower per epoch (two trunk
+    /// passes per image per epoch), no cache memory.
+    #[arg(long)]
+    pub stream: bool,
     /// Use only the first N training images.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
@@ -84,6 +103,8 @@ struct EpochLog {
     effective_rank: f64,
     knn_acc: Option<f64>,
     seconds: f64,
+    /// Bytes held by the view cache (0 when streaming).
+    cache_bytes: usize,
 }
 
 /// Labelled evaluation data: frozen embeddings of a train and a test split.
@@ -139,44 +160,91 @@ fn load_val(encoder: &mut dyn Encoder, dir: &Path) -> Result<Val> {
     })
 }
 
+/// Draws augmented views and runs them through the frozen trunk.
+struct ViewMaker {
+    preprocessor: Preprocessor,
+    config: AugmentConfig,
+    augmenter: Augmenter,
+}
+
+impl ViewMaker {
+    fn new(manifest: &edgeclr::Manifest, seed: u64) -> Result<Self> {
+        let [h, w] = manifest.preprocess.crop;
+        let config = AugmentConfig {
+            out_size: (w, h),
+            ..AugmentConfig::default()
+        };
+        Ok(Self {
+            preprocessor: Preprocessor::new(manifest),
+            augmenter: Augmenter::new(config.clone(), seed)?,
+            config,
+        })
+    }
+
+    /// Restarts the augmentation stream at `seed` (streaming mode reseeds
+    /// every epoch so a resumed run draws the same views).
+    fn reseed(&mut self, seed: u64) -> Result<()> {
+        self.augmenter = Augmenter::new(self.config.clone(), seed)?;
+        Ok(())
+    }
+
+    /// One augmented view of each image, through the trunk: `[N, W]`.
+    fn views(
+        &mut self,
+        encoder: &mut dyn Encoder,
+        images: &[image::RgbImage],
+    ) -> Result<Array2<f32>> {
+        let batch: Vec<_> = images.iter().map(|im| self.augmenter.view(im)).collect();
+        Ok(embed_images(encoder, &self.preprocessor, &batch)?.embedding)
+    }
+}
+
 fn build_cache(
     encoder: &mut dyn Encoder,
     data: &Dataset,
     n: usize,
     views: usize,
     seed: u64,
+    precision: Precision,
 ) -> Result<ViewCache> {
-    let manifest = encoder.manifest().clone();
-    let preprocessor = Preprocessor::new(&manifest);
-    let [h, w] = manifest.preprocess.crop;
-    let config = AugmentConfig {
-        out_size: (w, h),
-        ..AugmentConfig::default()
-    };
-    let mut augmenter = Augmenter::new(config, seed)?;
+    let mut maker = ViewMaker::new(&encoder.manifest().clone(), seed)?;
     let bar = progress((n * views) as u64, "views");
-    let mut cache: Vec<Vec<Array2<f32>>> = vec![Vec::new(); views];
+    let mut cache = ViewCacheBuilder::new(views, precision);
     for start in (0..n).step_by(32) {
         let end = (start + 32).min(n);
         let images = (start..end)
             .map(|i| data.image(i))
             .collect::<Result<Vec<_>, _>>()?;
-        for (v, slot) in cache.iter_mut().enumerate() {
-            let batch: Vec<_> = images.iter().map(|im| augmenter.view(im)).collect();
-            slot.push(embed_images(encoder, &preprocessor, &batch)?.embedding);
+        for v in 0..views {
+            cache.push(v, maker.views(encoder, &images)?)?;
             bar.set_position((v * n + end) as u64);
         }
     }
     bar.finish_and_clear();
-    let views = cache
-        .into_iter()
-        .map(|parts| {
-            let v: Vec<_> = parts.iter().map(|p| p.view()).collect();
-            ndarray::concatenate(Axis(0), &v)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(ViewCache { views })
+    Ok(cache.finish()?)
 }
+
+/// Where the training views come from.
+enum Views {
+    /// Computed once, reused every epoch.
+    Cache(ViewCache),
+    /// Drawn fresh every step; `diag` holds two fixed views of the first
+    /// images for the per-epoch diagnostics.
+    Stream { maker: ViewMaker, diag: ViewCache },
+}
+
+impl Views {
+    /// The cache the diagnostics read.
+    fn diag(&self) -> &ViewCache {
+        match self {
+            Views::Cache(c) => c,
+            Views::Stream { diag, .. } => diag,
+        }
+    }
+}
+
+/// Images used for the per-epoch diagnostics in streaming mode.
+const STREAM_DIAG_IMAGES: usize = 256;
 
 pub fn run(args: Args) -> Result<()> {
     if args.views < 2 {
@@ -197,10 +265,44 @@ pub fn run(args: Args) -> Result<()> {
         bank_size: args.bank_size,
         momentum: args.momentum,
         seed: args.seed,
+        train_tail: args.train_tail.clone(),
         ..AdaptConfig::default()
     };
-    let mut encoder = args.model.load(true)?;
-    let manifest = encoder.manifest().clone();
+    let manifest = args.model.manifest()?;
+    // With tail layers the backend runs the trunk (the model cut below them).
+    let tail = match &args.train_tail {
+        Some(choice) => {
+            let choice: TailChoice = choice.parse()?;
+            let (spec, init) = load_tail(&manifest, &choice)
+                .with_context(|| format!("finding the tail layers of {}", manifest.name))?;
+            Some((spec, init))
+        }
+        None => None,
+    };
+    let mut encoder: Box<dyn Encoder> = match &tail {
+        Some((spec, init)) => {
+            let trunk = write_trunk(&manifest, spec, &args.out.join("trunk"))?;
+            println!(
+                "training tail layers {} ({} parameters); the trunk is cut at '{}' ({} values per image)",
+                spec.nodes.join(", "),
+                init.numel(),
+                spec.cut,
+                trunk.outputs.embedding_dim
+            );
+            let options = LoadOptions {
+                threads: args.model.threads.max(1),
+                embedding_only: true,
+            };
+            load_encoder(&args.model.backend()?, &trunk, &options)
+                .with_context(|| format!("loading the trunk {}", trunk.onnx.display()))?
+        }
+        None => args.model.load(true)?,
+    };
+    let precision = args.cache_precision.unwrap_or(if tail.is_some() {
+        Precision::F16
+    } else {
+        Precision::F32
+    });
     let data = Dataset::open(&args.images, Some("train"))
         .with_context(|| format!("opening {}", args.images.display()))?;
     let n = args.limit.map_or(data.len(), |l| l.min(data.len()));
@@ -212,13 +314,22 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let steps = Trainer::steps_per_epoch(n, args.batch_size);
-    let mut trainer = Trainer::new(config.clone(), manifest.outputs.embedding_dim, steps)?;
+    let mut trainer =
+        Trainer::with_tail(config.clone(), tail, manifest.outputs.embedding_dim, steps)?;
     let mut first_epoch = 0;
     if args.resume {
         let ckpt = Checkpoint::load(&ckpt_path)?;
         ckpt.check_model(&manifest)?;
         let saved: AdaptConfig =
             serde_json::from_str(&ckpt.config_json).context("reading the checkpoint's config")?;
+        if saved.train_tail != config.train_tail {
+            bail!(
+                "{} was trained with --train-tail {}, this run has {}; pass the same --train-tail to resume",
+                ckpt_path.display(),
+                saved.train_tail.as_deref().unwrap_or("(none)"),
+                config.train_tail.as_deref().unwrap_or("(none)")
+            );
+        }
         if saved != config {
             bail!(
                 "--resume with different settings than the checkpoint's ({}); pass the same flags",
@@ -234,14 +345,37 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     let started = Instant::now();
-    let cache = build_cache(&mut *encoder, &data, n, args.views, args.seed)?;
-    println!(
-        "view cache: {} images × {} views, {:.1} MiB (f32), built in {:.0}s",
-        n,
-        args.views,
-        cache.memory_bytes() as f64 / (1 << 20) as f64,
-        started.elapsed().as_secs_f64()
-    );
+    let mut views = if args.stream {
+        let diag = build_cache(
+            &mut *encoder,
+            &data,
+            n.min(STREAM_DIAG_IMAGES),
+            2,
+            args.seed ^ 0x5eed,
+            precision,
+        )?;
+        let maker = ViewMaker::new(&manifest, args.seed)?;
+        println!(
+            "streaming: fresh views every step; diagnostics on {} images × 2 views, {:.1} MiB ({precision})",
+            diag.len(),
+            diag.memory_bytes() as f64 / (1 << 20) as f64,
+        );
+        Views::Stream { maker, diag }
+    } else {
+        let cache = build_cache(&mut *encoder, &data, n, args.views, args.seed, precision)?;
+        println!(
+            "view cache: {} images × {} views, {:.1} MiB ({precision}), built in {:.0}s",
+            n,
+            args.views,
+            cache.memory_bytes() as f64 / (1 << 20) as f64,
+            started.elapsed().as_secs_f64()
+        );
+        Views::Cache(cache)
+    };
+    let cache_bytes = match &views {
+        Views::Cache(c) => c.memory_bytes(),
+        Views::Stream { .. } => 0,
+    };
     let val = args
         .val
         .as_deref()
@@ -249,31 +383,57 @@ pub fn run(args: Args) -> Result<()> {
         .transpose()?;
 
     if !args.resume {
-        trainer.prefill_bank(cache.views[0].view())?;
+        trainer.prefill_bank(views.diag().view(0).view())?;
         let _ = std::fs::remove_file(&log_path);
     }
 
     let frozen = val
         .as_ref()
         .map(|v| -> Result<(f64, f64)> {
-            Ok((
-                knn_acc(&v.train, v, &v.test)?,
-                probe_acc(&v.train, v, &v.test)?,
-            ))
+            let (tr, te) = (
+                trainer.frozen(v.train.view())?,
+                trainer.frozen(v.test.view())?,
+            );
+            Ok((knn_acc(&tr, v, &te)?, probe_acc(&tr, v, &te)?))
         })
         .transpose()?;
-    let frozen_diag = Diagnostics::compute(cache.views[0].view(), Some(cache.views[1].view()))?;
+    let (d0, d1) = (views.diag().view(0), views.diag().view(1));
+    let frozen_diag = Diagnostics::compute(
+        trainer.frozen(d0.view())?.view(),
+        Some(trainer.frozen(d1.view())?.view()),
+    )?;
     for epoch in first_epoch..args.epochs {
         let t = Instant::now();
         let bar = progress(steps as u64, &format!("epoch {}", epoch + 1));
         let mut last_lr = 0.0;
-        let loss = trainer.train_epoch(&cache, |r| {
+        let on_step = |r: &edgeclr::adapt::trainer::StepReport| {
             bar.inc(1);
             last_lr = r.lr;
-        })?;
+        };
+        let loss = match &mut views {
+            Views::Cache(cache) => trainer.train_epoch(cache, on_step)?,
+            Views::Stream { maker, .. } => {
+                maker.reseed(args.seed.wrapping_add(epoch as u64))?;
+                let encoder = &mut *encoder;
+                trainer.train_epoch_stream(
+                    n,
+                    |rows: &[usize]| -> Result<(Array2<f32>, Array2<f32>)> {
+                        let images = rows
+                            .iter()
+                            .map(|&i| data.image(i))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        Ok((
+                            maker.views(encoder, &images)?,
+                            maker.views(encoder, &images)?,
+                        ))
+                    },
+                    on_step,
+                )?
+            }
+        };
         bar.finish_and_clear();
-        let a1 = trainer.adapt(cache.views[0].view())?;
-        let a2 = trainer.adapt(cache.views[1].view())?;
+        let a1 = trainer.adapt(d0.view())?;
+        let a2 = trainer.adapt(d1.view())?;
         let diag = Diagnostics::compute(a1.view(), Some(a2.view()))?;
         let knn = match &val {
             Some(v) => Some(knn_acc(
@@ -293,6 +453,7 @@ pub fn run(args: Args) -> Result<()> {
             effective_rank: diag.effective_rank,
             knn_acc: knn,
             seconds: t.elapsed().as_secs_f64(),
+            cache_bytes,
         };
         println!(
             "epoch {:>3}  loss {:.4}  align {:.4}  uniform {:.3}  rank {:.1}{}",
@@ -320,9 +481,15 @@ pub fn run(args: Args) -> Result<()> {
         f.sync_all()?;
     }
 
+    let mut trained = trainer.params.with_prefix("adapter.");
+    trained.extend(
+        trainer
+            .params
+            .with_prefix(edgeclr::adapt::tail::TAIL_PREFIX),
+    );
     let exported = export_adapted(
         &manifest,
-        &trainer.params.with_prefix("adapter."),
+        &trained,
         &args.out.join("model"),
         &format!("{}-adapted", manifest.name),
     )?;

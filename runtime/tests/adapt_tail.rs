@@ -1,0 +1,320 @@
+//! Trainable tail layers of the ONNX graph: the walk that finds them, the
+//! trunk cut, their forward/backward against an independent numpy reference
+//! (`tests/reference/tail_ref.py`) and finite differences, and the trainer
+//! with a tail (MoCo keys, checkpoints).
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::repo;
+use edgeclr::adapt::layers::{adapter_forward, mlp_forward};
+use edgeclr::adapt::tail::{self, trunk_model, TailChoice, TailError, TailOp, TailSpec};
+use edgeclr::adapt::trainer::{AdaptConfig, Precision, Trainer, ViewCache};
+use edgeclr::adapt::Params;
+use edgeclr::inspect::parse_proto;
+use edgeclr::Manifest;
+use ndarray::{Array2, ArrayView2};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Reference {
+    x: Vec<Vec<f64>>,
+    trunk: Vec<Vec<f64>>,
+    upstream: Vec<Vec<f64>>,
+    y: Vec<Vec<f64>>,
+    loss: f64,
+    grads: std::collections::BTreeMap<String, Vec<f64>>,
+}
+
+fn tiny_path() -> PathBuf {
+    repo("runtime/tests/data/tail/tail_tiny.onnx")
+}
+
+fn tiny_proto() -> tract_onnx::pb::ModelProto {
+    let path = tiny_path();
+    parse_proto(&path, &std::fs::read(&path).unwrap()).unwrap()
+}
+
+fn reference() -> Reference {
+    let text = std::fs::read_to_string(repo("runtime/tests/data/tail/tail_ref.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn matrix(rows: &[Vec<f64>]) -> Array2<f32> {
+    Array2::from_shape_fn((rows.len(), rows[0].len()), |(i, j)| rows[i][j] as f32)
+}
+
+fn tiny_tail() -> (TailSpec, Params) {
+    TailSpec::from_model(&tiny_proto(), "embedding", &TailChoice::Node("conv".into())).unwrap()
+}
+
+fn weighted_loss(y: ArrayView2<f32>, g: ArrayView2<f32>) -> f64 {
+    y.iter()
+        .zip(g.iter())
+        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+        .sum()
+}
+
+#[test]
+fn the_walk_finds_the_tail_and_its_weights() {
+    let (spec, init) = tiny_tail();
+    assert_eq!(spec.cut, "trunk");
+    assert_eq!(
+        spec.nodes,
+        ["conv", "clip", "pool", "flatten", "fc", "fc_bias", "out_relu"]
+    );
+    assert_eq!((spec.channels, spec.out_dim), (4, 6));
+    assert_eq!(
+        init.names().collect::<Vec<_>>(),
+        [
+            "tail.conv.bias",
+            "tail.conv.weight",
+            "tail.fc.bias",
+            "tail.fc.weight"
+        ]
+    );
+    assert_eq!(init.get("tail.conv.weight").unwrap().shape(), [5, 4, 1, 1]);
+    assert!(matches!(spec.ops[1], TailOp::Clamp { min, max } if min == 0.0 && max == 6.0));
+
+    // auto: the last weighted layer (MatMul) and what follows it.
+    let (auto, _) = TailSpec::from_model(&tiny_proto(), "embedding", &TailChoice::Auto).unwrap();
+    assert_eq!(auto.nodes, ["fc", "fc_bias", "out_relu"]);
+    assert_eq!((auto.cut.as_str(), auto.channels), ("flat", 5));
+
+    // The trunk keeps only what computes the cut tensor.
+    let trunk = trunk_model(&tiny_proto(), "trunk").unwrap();
+    let graph = trunk.graph.unwrap();
+    assert_eq!(graph.node.len(), 1);
+    assert_eq!(graph.output.len(), 1);
+    assert_eq!(graph.output[0].name, "trunk");
+    assert!(graph.initializer.is_empty());
+}
+
+#[test]
+fn bad_choices_are_clear_errors() {
+    let proto = tiny_proto();
+    let err = TailSpec::from_model(&proto, "embedding", &TailChoice::Node("trunk_relu".into()))
+        .unwrap_err();
+    assert!(
+        matches!(err, TailError::Graph(ref m) if m.contains("nothing would be left")),
+        "{err}"
+    );
+    let err =
+        TailSpec::from_model(&proto, "embedding", &TailChoice::Node("nope".into())).unwrap_err();
+    assert!(
+        err.to_string().contains("without meeting node 'nope'"),
+        "{err}"
+    );
+    let err = TailSpec::from_model(&proto, "missing", &TailChoice::Auto).unwrap_err();
+    assert!(matches!(err, TailError::Graph(_)), "{err}");
+}
+
+#[test]
+fn unsupported_ops_are_named() {
+    let manifest = Manifest::load(&repo("models/mobilenet_v2")).unwrap();
+    let (spec, init) = tail::load_tail(&manifest, &TailChoice::Auto).unwrap();
+    assert_eq!(
+        spec.nodes,
+        [
+            "features.18.0.conv",
+            "features.18.2.relu6",
+            "pool",
+            "flatten"
+        ]
+    );
+    assert_eq!(spec.cut, "features.17");
+    assert_eq!((spec.channels, spec.out_dim), (320, 1280));
+    assert_eq!(init.numel(), 1280 * 320 + 1280);
+    // One node further back is the depthwise 3×3 conv: refused, by name and op.
+    let err = tail::load_tail(
+        &manifest,
+        &TailChoice::Node("features.17.conv.1.0.conv".into()),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("features.17.conv.1.0.conv")
+            && text.contains("Conv")
+            && text.contains("group"),
+        "{text}"
+    );
+}
+
+#[test]
+fn forward_and_backward_match_the_numpy_reference() {
+    let (spec, init) = tiny_tail();
+    let r = reference();
+    let trunk = matrix(&r.trunk);
+    let g = matrix(&r.upstream);
+    let (y, cache) = tail::forward(&spec, &init, trunk.view()).unwrap();
+    let expected = matrix(&r.y);
+    let diff = (&y - &expected)
+        .mapv(f32::abs)
+        .fold(0.0f32, |a, &b| a.max(b));
+    assert!(diff < 1e-5, "forward differs from numpy by {diff}");
+    let loss = weighted_loss(y.view(), g.view());
+    assert!((loss - r.loss).abs() < 1e-5, "{loss} vs {}", r.loss);
+
+    let grads = tail::backward(&spec, &init, &cache, g.view()).unwrap();
+    assert_eq!(grads.len(), r.grads.len());
+    for (name, want) in &r.grads {
+        let got = grads.get(name).unwrap();
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (a, b) in got.iter().zip(want) {
+            assert!(
+                (f64::from(*a) - b).abs() < 1e-5 * (1.0 + b.abs()),
+                "{name}: {a} vs numpy {b}"
+            );
+        }
+    }
+    // The raw input is not the trunk output: the "trunk" Relu matters.
+    assert_ne!(matrix(&r.x), trunk);
+}
+
+#[test]
+fn gradient_matches_finite_differences() {
+    let (spec, init) = tiny_tail();
+    let r = reference();
+    let trunk = matrix(&r.trunk);
+    let g = matrix(&r.upstream);
+    let (_, cache) = tail::forward(&spec, &init, trunk.view()).unwrap();
+    let grads = tail::backward(&spec, &init, &cache, g.view()).unwrap();
+    let h = 1e-3f32;
+    let mut checked = 0;
+    for name in spec.param_names() {
+        for i in 0..init.get(&name).unwrap().len() {
+            let at = |delta: f32| {
+                let mut p = init.clone();
+                *p.get_mut(&name).unwrap().iter_mut().nth(i).unwrap() += delta;
+                let (y, _) = tail::forward(&spec, &p, trunk.view()).unwrap();
+                weighted_loss(y.view(), g.view())
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * f64::from(h));
+            let an = f64::from(*grads.get(&name).unwrap().iter().nth(i).unwrap());
+            assert!(
+                (fd - an).abs() < 2e-3 * (1.0 + an.abs()),
+                "{name}[{i}]: finite difference {fd} vs analytic {an}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 20 + 5 + 30 + 6);
+}
+
+fn tail_config(bank: usize) -> AdaptConfig {
+    AdaptConfig {
+        batch_size: 4,
+        bank_size: bank,
+        bottleneck: 3,
+        head_hidden: 8,
+        head_out: 4,
+        epochs: 2,
+        lr: 1e-2,
+        train_tail: Some("conv".into()),
+        ..AdaptConfig::default()
+    }
+}
+
+fn random_views(seed: u64, n: usize, w: usize) -> Array2<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    Array2::from_shape_fn((n, w), |_| rng.random_range(0.0f32..3.0))
+}
+
+#[test]
+fn trainer_trains_the_tail_and_its_ema_copy() {
+    let cfg = tail_config(8);
+    let mut trainer = Trainer::with_tail(cfg, Some(tiny_tail()), 0, 2).unwrap();
+    assert!(trainer.ema.contains("tail.conv.weight"));
+    let x = random_views(1, 8, 36);
+    let frozen = trainer.frozen(x.view()).unwrap();
+    assert_eq!(frozen, trainer.adapt(x.view()).unwrap(), "identity at init");
+    let before = trainer.params.get("tail.conv.weight").unwrap().clone();
+    let cache = ViewCache::new(vec![x.clone(), random_views(2, 8, 36)], Precision::F16).unwrap();
+    assert_eq!(cache.memory_bytes(), 2 * 8 * 36 * 2);
+    trainer.prefill_bank(cache.view(0).view()).unwrap();
+    for _ in 0..2 {
+        trainer.train_epoch(&cache, |_| {}).unwrap();
+    }
+    assert_ne!(trainer.params.get("tail.conv.weight").unwrap(), &before);
+    assert_ne!(trainer.ema.get("tail.conv.weight").unwrap(), &before);
+    assert_eq!(
+        trainer.frozen(x.view()).unwrap(),
+        frozen,
+        "frozen stays frozen"
+    );
+    assert_ne!(trainer.adapt(x.view()).unwrap(), frozen);
+}
+
+#[test]
+fn checkpoint_with_a_tail_refuses_a_resume_without_it() {
+    let manifest = Manifest::load(&repo("models/mobilenet_v2")).unwrap();
+    let cfg = tail_config(0);
+    let mut trainer = Trainer::with_tail(cfg.clone(), Some(tiny_tail()), 0, 2).unwrap();
+    let x1 = random_views(3, 4, 36);
+    let x2 = random_views(4, 4, 36);
+    trainer.train_step(x1.view(), x2.view()).unwrap();
+    let ckpt = trainer.checkpoint(&manifest, &cfg, 1).unwrap();
+    assert!(ckpt.tensors.contains("tail.conv.weight"));
+    assert!(ckpt.tensors.contains("ema.tail.conv.weight"));
+
+    let mut same = Trainer::with_tail(cfg.clone(), Some(tiny_tail()), 0, 2).unwrap();
+    same.restore_from(&ckpt).unwrap();
+    assert_eq!(same.params, trainer.params);
+    assert_eq!(same.ema, trainer.ema);
+
+    let plain_cfg = AdaptConfig {
+        train_tail: None,
+        ..cfg
+    };
+    let mut plain = Trainer::new(plain_cfg, 6, 2).unwrap();
+    let err = plain.restore_from(&ckpt).unwrap_err();
+    assert!(err.to_string().contains("--train-tail"), "{err}");
+}
+
+/// MoCo: the keys of the second view are computed once by the momentum copy
+/// *before* the update, used as positives, and exactly those are enqueued.
+#[test]
+fn moco_enqueues_the_keys_it_used() {
+    let cfg = AdaptConfig {
+        batch_size: 4,
+        bank_size: 8,
+        bottleneck: 3,
+        head_hidden: 8,
+        head_out: 4,
+        lr: 1e-1,
+        warmup_epochs: 0,
+        momentum: 0.5,
+        ..AdaptConfig::default()
+    };
+    let mut trainer = Trainer::new(cfg, 6, 2).unwrap();
+    let x1 = random_views(5, 4, 6);
+    let x2 = random_views(6, 4, 6);
+    trainer.prefill_bank(random_views(7, 4, 6).view()).unwrap();
+    let (a, _) = adapter_forward(&trainer.ema, x2.view()).unwrap();
+    let (keys_before, _) = mlp_forward(&trainer.ema, "head", a.view()).unwrap();
+    trainer.train_step(x1.view(), x2.view()).unwrap();
+    let bank = trainer.bank.as_ref().unwrap().chronological();
+    let newest = bank.slice(ndarray::s![bank.nrows() - 4.., ..]);
+    // Compare to the keys the bank stores (it may normalise them).
+    let (a, _) = adapter_forward(&trainer.ema, x2.view()).unwrap();
+    let (keys_after, _) = mlp_forward(&trainer.ema, "head", a.view()).unwrap();
+    let dist = |k: &Array2<f32>| {
+        let norm = |r: ndarray::ArrayView1<f32>| r.dot(&r).sqrt();
+        newest
+            .outer_iter()
+            .zip(k.outer_iter())
+            .map(|(b, k)| (&b / norm(b) - &(&k / norm(k))).mapv(f32::abs).sum())
+            .sum::<f32>()
+    };
+    assert!(
+        dist(&keys_before) < 1e-5,
+        "enqueued keys are not the pre-update keys"
+    );
+    assert!(
+        dist(&keys_after) > 1e-4,
+        "the EMA copy did not move (test is vacuous)"
+    );
+}
