@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use edgeclr::adapt::budget::{CachePrecision, RunShape};
 use edgeclr::adapt::checkpoint::Checkpoint;
 use edgeclr::adapt::export::export_adapted;
-use edgeclr::adapt::trainer::{AdaptConfig, Trainer, ViewCache};
+use edgeclr::adapt::trainer::{AdaptConfig, TrainError, Trainer, ViewCache};
 use edgeclr::augment::{AugmentConfig, Augmenter};
 use edgeclr::data::Dataset;
 use edgeclr::embed::{embed_dataset, embed_images, EmbedOptions};
@@ -20,6 +21,7 @@ use ndarray::{Array2, Axis};
 use serde::Serialize;
 
 use super::common::{progress, ModelArgs};
+use super::watch::{CollapseArgs, Watch};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -70,6 +72,12 @@ pub struct Args {
     pub limit: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub collapse: CollapseArgs,
+    /// Fit the run in this much memory: shrinks the bank, then the batch, to
+    /// fit the estimate, or refuses with the memory the run needs.
+    #[arg(long, value_name = "MB")]
+    pub memory_budget: Option<u64>,
 }
 
 /// One line of metrics.jsonl.
@@ -178,7 +186,7 @@ fn build_cache(
     Ok(ViewCache { views })
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn run(mut args: Args) -> Result<()> {
     if args.views < 2 {
         bail!("--views must be at least 2 (a positive pair needs two views)");
     }
@@ -186,6 +194,12 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let ckpt_path = args.out.join("checkpoint.safetensors");
     let log_path = args.out.join("metrics.jsonl");
+    let data = Dataset::open(&args.images, Some("train"))
+        .with_context(|| format!("opening {}", args.images.display()))?;
+    let n = args.limit.map_or(data.len(), |l| l.min(data.len()));
+    if let Some(plan) = super::memory::plan(memory_shape(&args, n)?, args.memory_budget)? {
+        (args.bank_size, args.batch_size) = (plan.bank, plan.batch);
+    }
     let config = AdaptConfig {
         loss: args.loss.clone(),
         epochs: args.epochs,
@@ -201,9 +215,6 @@ pub fn run(args: Args) -> Result<()> {
     };
     let mut encoder = args.model.load(true)?;
     let manifest = encoder.manifest().clone();
-    let data = Dataset::open(&args.images, Some("train"))
-        .with_context(|| format!("opening {}", args.images.display()))?;
-    let n = args.limit.map_or(data.len(), |l| l.min(data.len()));
     if n < args.batch_size {
         bail!(
             "{} training images, fewer than one batch of {}",
@@ -263,15 +274,37 @@ pub fn run(args: Args) -> Result<()> {
         })
         .transpose()?;
     let frozen_diag = Diagnostics::compute(cache.views[0].view(), Some(cache.views[1].view()))?;
+    let mut watch = Watch::new(
+        &args.out,
+        &args.collapse,
+        &frozen_diag,
+        frozen.map(|f| f.0),
+        args.resume,
+    )?;
+    if !args.resume || !watch.good_path().exists() {
+        trainer
+            .checkpoint(&manifest, &config, first_epoch as u64)?
+            .save(&watch.good_path())?;
+    }
     for epoch in first_epoch..args.epochs {
         let t = Instant::now();
         let bar = progress(steps as u64, &format!("epoch {}", epoch + 1));
         let mut last_lr = 0.0;
-        let loss = trainer.train_epoch(&cache, |r| {
+        let trained = trainer.train_epoch(&cache, |r| {
             bar.inc(1);
             last_lr = r.lr;
-        })?;
+        });
         bar.finish_and_clear();
+        let loss = match trained {
+            Ok(loss) => loss,
+            Err(e @ TrainError::NonFinite { .. }) if watch.rolls_back() => {
+                let why = [e.to_string()];
+                eprintln!("warning: collapse alarm at epoch {}: {}", epoch + 1, why[0]);
+                watch.roll_back(&mut trainer, &ckpt_path, epoch + 1, &why)?;
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let a1 = trainer.adapt(cache.views[0].view())?;
         let a2 = trainer.adapt(cache.views[1].view())?;
         let diag = Diagnostics::compute(a1.view(), Some(a2.view()))?;
@@ -303,12 +336,23 @@ pub fn run(args: Args) -> Result<()> {
             log.effective_rank,
             knn.map_or(String::new(), |k| format!("  k-NN {:.2}%", k * 100.0))
         );
-        if diag.effective_rank < 0.25 * frozen_diag.effective_rank {
-            eprintln!("warning: collapse alarm: effective rank {:.1} fell below a quarter of the frozen {:.1}", diag.effective_rank, frozen_diag.effective_rank);
+        let symptoms = watch.epoch_end(edgeclr::plot::EpochPoint {
+            epoch: log.epoch,
+            loss,
+            alignment: log.alignment,
+            uniformity: log.uniformity,
+            effective_rank: log.effective_rank,
+            knn_acc: knn,
+        });
+        if !symptoms.is_empty() && watch.rolls_back() {
+            watch.roll_back(&mut trainer, &ckpt_path, epoch + 1, &symptoms)?;
+            break;
         }
-        trainer
-            .checkpoint(&manifest, &config, epoch as u64 + 1)?
-            .save(&ckpt_path)?;
+        let ckpt = trainer.checkpoint(&manifest, &config, epoch as u64 + 1)?;
+        ckpt.save(&ckpt_path)?;
+        if symptoms.is_empty() {
+            ckpt.save(&watch.good_path())?;
+        }
         // One write per line, after the checkpoint: the log never runs ahead of it.
         let mut line = serde_json::to_string(&log)?;
         line.push('\n');
@@ -320,6 +364,20 @@ pub fn run(args: Args) -> Result<()> {
         f.sync_all()?;
     }
 
+    let adapted = trainer.adapt(cache.views[0].view())?;
+    let after = Diagnostics::compute(
+        adapted.view(),
+        Some(trainer.adapt(cache.views[1].view())?.view()),
+    )?;
+    match &val {
+        Some(v) => watch.finish(
+            &after,
+            trainer.adapt(v.test.view())?.view(),
+            Some(&v.test_labels),
+            &v.classes,
+        ),
+        None => watch.finish(&after, adapted.view(), None, &[]),
+    }
     let exported = export_adapted(
         &manifest,
         &trainer.params.with_prefix("adapter."),
@@ -350,5 +408,34 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     println!("run directory: {}", args.out.display());
+    super::memory::print_peak_rss();
     Ok(())
+}
+
+/// What `--memory-budget` plans over: the run as the flags describe it.
+fn memory_shape(args: &Args, images: usize) -> Result<RunShape> {
+    let manifest = args.model.manifest()?;
+    let val_images = match &args.val {
+        Some(dir) => ["train", "t10k"]
+            .iter()
+            .map(|s| Dataset::open(dir, Some(s)).map(|d| d.len()))
+            .sum::<Result<usize, _>>()
+            .with_context(|| format!("opening {}", dir.display()))?,
+        None => 0,
+    };
+    let defaults = AdaptConfig::default();
+    Ok(RunShape {
+        images,
+        views: args.views,
+        dim: manifest.outputs.embedding_dim,
+        val_images,
+        bank: args.bank_size,
+        batch: args.batch_size,
+        bottleneck: args.bottleneck,
+        head_hidden: defaults.head_hidden,
+        head_out: defaults.head_out,
+        predictor: args.loss.starts_with("byol"),
+        model_file_bytes: std::fs::metadata(&manifest.onnx).map_or(0, |m| m.len()),
+        precision: CachePrecision::F32,
+    })
 }
