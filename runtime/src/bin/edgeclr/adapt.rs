@@ -147,7 +147,9 @@ fn load_val(encoder: &mut dyn Encoder, dir: &Path) -> Result<Val> {
     })
 }
 
-fn build_cache(
+/// Frozen embeddings of `views` augmented views of the first `n` images
+/// (shared with `edgeclr demo`'s adaptation step).
+pub(super) fn build_cache(
     encoder: &mut dyn Encoder,
     data: &Dataset,
     n: usize,
