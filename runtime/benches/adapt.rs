@@ -164,10 +164,13 @@ fn main() {
         "ratio_vs_torch_1_thread": torch1.map(|t| ours / t),
     });
     let path = repo("target/bench-adapt.json");
-    if let Err(e) = std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&json).unwrap_or_default(),
-    ) {
+    let written = std::fs::create_dir_all(repo("target")).and_then(|()| {
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&json).unwrap_or_default(),
+        )
+    });
+    if let Err(e) = written {
         eprintln!("writing {}: {e}", path.display());
     } else {
         println!("wrote {}", path.display());

@@ -63,6 +63,7 @@ struct AdaptReport {
     epochs: usize,
     augmented_views: usize,
     seconds: f64,
+    view_seconds: f64,
     frozen: Side,
     adapted: Side,
 }
@@ -346,6 +347,7 @@ fn adapt_step(
     let mut views = vec![data.train.clone()];
     views.extend(augmented.views);
     let cache = ViewCache { views };
+    let view_seconds = started.elapsed().as_secs_f64();
     let config = AdaptConfig {
         loss: "infonce:tau=0.2".into(),
         epochs: args.adapt_epochs,
@@ -383,8 +385,12 @@ fn adapt_step(
     let seconds = started.elapsed().as_secs_f64();
     println!();
     println!(
-        "adaptation ({}, {} epochs on the {n} train images without labels, {} augmented view(s), {seconds:.0}s):",
-        config.loss, args.adapt_epochs, args.adapt_views.max(1)
+        "adaptation ({}, {} epochs on the {n} train images without labels, {} augmented view(s); \
+         {seconds:.0}s: {view_seconds:.0}s embedding views, {:.0}s training and scoring):",
+        config.loss,
+        args.adapt_epochs,
+        args.adapt_views.max(1),
+        seconds - view_seconds
     );
     println!("                          frozen    adapted");
     let row = |name: &str, f: f64, a: f64, pct: bool| {
@@ -422,6 +428,7 @@ fn adapt_step(
         epochs: args.adapt_epochs,
         augmented_views: args.adapt_views.max(1),
         seconds,
+        view_seconds,
         frozen,
         adapted,
     })
