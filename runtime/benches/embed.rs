@@ -35,19 +35,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 fn main() {
     let n = std::env::args()
         .skip_while(|a| a != "--n")
@@ -243,5 +230,5 @@ fn rss_only(manifest: &Manifest, backend: &str, n: usize) {
         let x = pre.batch(&chunk).expect("preprocess");
         std::hint::black_box(encoder.run(x.view()).expect("run"));
     }
-    println!("RSS_MB {}", peak_rss_mb());
+    println!("RSS_MB {}", edgeclr::rss::peak_rss_mib());
 }

@@ -39,8 +39,10 @@ pub mod error;
 pub mod inspect;
 pub mod manifest;
 pub mod metrics;
+pub mod plot;
 pub mod preprocess;
 pub mod probe;
+pub mod rss;
 pub mod store;
 
 pub use backend::{Encoder, EncoderOutput, LoadOptions, ModelError, TractEncoder};

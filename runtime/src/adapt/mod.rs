@@ -8,7 +8,9 @@
 //! `runtime/tests/losses.rs`.
 
 pub mod bank;
+pub mod budget;
 pub mod checkpoint;
+pub mod collapse;
 pub mod export;
 pub mod layers;
 pub mod loss;

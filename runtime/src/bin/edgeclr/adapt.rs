@@ -7,10 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use edgeclr::adapt::budget::{CachePrecision, RunShape};
 use edgeclr::adapt::checkpoint::Checkpoint;
 use edgeclr::adapt::export::export_adapted;
 use edgeclr::adapt::tail::{load_tail, write_trunk, TailChoice};
-use edgeclr::adapt::trainer::{AdaptConfig, Precision, Trainer, ViewCache, ViewCacheBuilder};
+use edgeclr::adapt::trainer::{
+    AdaptConfig, Precision, TrainError, Trainer, ViewCache, ViewCacheBuilder,
+};
 use edgeclr::augment::{AugmentConfig, Augmenter};
 use edgeclr::backend::load_encoder;
 use edgeclr::data::Dataset;
@@ -22,6 +25,7 @@ use ndarray::Array2;
 use serde::Serialize;
 
 use super::common::{progress, ModelArgs};
+use super::watch::{CollapseArgs, Watch};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -89,6 +93,12 @@ pub struct Args {
     pub limit: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub collapse: CollapseArgs,
+    /// Fit the run in this much memory: shrinks the bank, then the batch, to
+    /// fit the estimate, or refuses with the memory the run needs.
+    #[arg(long, value_name = "MB")]
+    pub memory_budget: Option<u64>,
 }
 
 /// One line of metrics.jsonl.
@@ -199,7 +209,9 @@ impl ViewMaker {
     }
 }
 
-fn build_cache(
+/// Frozen embeddings of `views` augmented views of the first `n` images
+/// (shared with `edgeclr demo`'s adaptation step).
+pub(super) fn build_cache(
     encoder: &mut dyn Encoder,
     data: &Dataset,
     n: usize,
@@ -246,7 +258,7 @@ impl Views {
 /// Images used for the per-epoch diagnostics in streaming mode.
 const STREAM_DIAG_IMAGES: usize = 256;
 
-pub fn run(args: Args) -> Result<()> {
+pub fn run(mut args: Args) -> Result<()> {
     if args.views < 2 {
         bail!("--views must be at least 2 (a positive pair needs two views)");
     }
@@ -254,6 +266,47 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let ckpt_path = args.out.join("checkpoint.safetensors");
     let log_path = args.out.join("metrics.jsonl");
+    let data = Dataset::open(&args.images, Some("train"))
+        .with_context(|| format!("opening {}", args.images.display()))?;
+    let n = args.limit.map_or(data.len(), |l| l.min(data.len()));
+    let manifest = args.model.manifest()?;
+    // With tail layers the backend runs the trunk (the model cut below them),
+    // and the views hold the cut tensor.
+    let tail = match &args.train_tail {
+        Some(choice) => {
+            let choice: TailChoice = choice.parse()?;
+            let (spec, init) = load_tail(&manifest, &choice)
+                .with_context(|| format!("finding the tail layers of {}", manifest.name))?;
+            let trunk = write_trunk(&manifest, &spec, &args.out.join("trunk"))?;
+            println!(
+                "training tail layers {} ({} parameters); the trunk is cut at '{}' ({} values per image)",
+                spec.nodes.join(", "),
+                init.numel(),
+                spec.cut,
+                trunk.outputs.embedding_dim
+            );
+            Some((spec, init, trunk))
+        }
+        None => None,
+    };
+    let mut precision = args.cache_precision.unwrap_or(if tail.is_some() {
+        Precision::F16
+    } else {
+        Precision::F32
+    });
+    let view_width = tail
+        .as_ref()
+        .map_or(manifest.outputs.embedding_dim, |(_, _, trunk)| {
+            trunk.outputs.embedding_dim
+        });
+    let shape = memory_shape(&args, &manifest, n, view_width, precision)?;
+    let allow_f16 = args.cache_precision.is_none();
+    if let Some(plan) = super::memory::plan(shape, args.memory_budget, allow_f16)? {
+        (args.bank_size, args.batch_size) = (plan.bank, plan.batch);
+        if plan.precision == CachePrecision::F16 {
+            precision = Precision::F16;
+        }
+    }
     let config = AdaptConfig {
         loss: args.loss.clone(),
         epochs: args.epochs,
@@ -268,44 +321,18 @@ pub fn run(args: Args) -> Result<()> {
         train_tail: args.train_tail.clone(),
         ..AdaptConfig::default()
     };
-    let manifest = args.model.manifest()?;
-    // With tail layers the backend runs the trunk (the model cut below them).
-    let tail = match &args.train_tail {
-        Some(choice) => {
-            let choice: TailChoice = choice.parse()?;
-            let (spec, init) = load_tail(&manifest, &choice)
-                .with_context(|| format!("finding the tail layers of {}", manifest.name))?;
-            Some((spec, init))
-        }
-        None => None,
-    };
     let mut encoder: Box<dyn Encoder> = match &tail {
-        Some((spec, init)) => {
-            let trunk = write_trunk(&manifest, spec, &args.out.join("trunk"))?;
-            println!(
-                "training tail layers {} ({} parameters); the trunk is cut at '{}' ({} values per image)",
-                spec.nodes.join(", "),
-                init.numel(),
-                spec.cut,
-                trunk.outputs.embedding_dim
-            );
+        Some((_, _, trunk)) => {
             let options = LoadOptions {
                 threads: args.model.threads.max(1),
                 embedding_only: true,
             };
-            load_encoder(&args.model.backend()?, &trunk, &options)
+            load_encoder(&args.model.backend()?, trunk, &options)
                 .with_context(|| format!("loading the trunk {}", trunk.onnx.display()))?
         }
         None => args.model.load(true)?,
     };
-    let precision = args.cache_precision.unwrap_or(if tail.is_some() {
-        Precision::F16
-    } else {
-        Precision::F32
-    });
-    let data = Dataset::open(&args.images, Some("train"))
-        .with_context(|| format!("opening {}", args.images.display()))?;
-    let n = args.limit.map_or(data.len(), |l| l.min(data.len()));
+    let tail = tail.map(|(spec, init, _)| (spec, init));
     if n < args.batch_size {
         bail!(
             "{} training images, fewer than one batch of {}",
@@ -402,6 +429,18 @@ pub fn run(args: Args) -> Result<()> {
         trainer.frozen(d0.view())?.view(),
         Some(trainer.frozen(d1.view())?.view()),
     )?;
+    let mut watch = Watch::new(
+        &args.out,
+        &args.collapse,
+        &frozen_diag,
+        frozen.map(|f| f.0),
+        args.resume,
+    )?;
+    if !args.resume || !watch.good_path().exists() {
+        trainer
+            .checkpoint(&manifest, &config, first_epoch as u64)?
+            .save(&watch.good_path())?;
+    }
     for epoch in first_epoch..args.epochs {
         let t = Instant::now();
         let bar = progress(steps as u64, &format!("epoch {}", epoch + 1));
@@ -410,8 +449,8 @@ pub fn run(args: Args) -> Result<()> {
             bar.inc(1);
             last_lr = r.lr;
         };
-        let loss = match &mut views {
-            Views::Cache(cache) => trainer.train_epoch(cache, on_step)?,
+        let trained: Result<f64> = match &mut views {
+            Views::Cache(cache) => trainer.train_epoch(cache, on_step).map_err(Into::into),
             Views::Stream { maker, .. } => {
                 maker.reseed(args.seed.wrapping_add(epoch as u64))?;
                 let encoder = &mut *encoder;
@@ -428,10 +467,26 @@ pub fn run(args: Args) -> Result<()> {
                         ))
                     },
                     on_step,
-                )?
+                )
             }
         };
         bar.finish_and_clear();
+        let loss = match trained {
+            Ok(loss) => loss,
+            Err(e)
+                if watch.rolls_back()
+                    && matches!(
+                        e.downcast_ref::<TrainError>(),
+                        Some(TrainError::NonFinite { .. })
+                    ) =>
+            {
+                let why = [e.to_string()];
+                eprintln!("warning: collapse alarm at epoch {}: {}", epoch + 1, why[0]);
+                watch.roll_back(&mut trainer, &ckpt_path, epoch + 1, &why)?;
+                break;
+            }
+            Err(e) => return Err(e),
+        };
         let a1 = trainer.adapt(d0.view())?;
         let a2 = trainer.adapt(d1.view())?;
         let diag = Diagnostics::compute(a1.view(), Some(a2.view()))?;
@@ -464,12 +519,23 @@ pub fn run(args: Args) -> Result<()> {
             log.effective_rank,
             knn.map_or(String::new(), |k| format!("  k-NN {:.2}%", k * 100.0))
         );
-        if diag.effective_rank < 0.25 * frozen_diag.effective_rank {
-            eprintln!("warning: collapse alarm: effective rank {:.1} fell below a quarter of the frozen {:.1}", diag.effective_rank, frozen_diag.effective_rank);
+        let symptoms = watch.epoch_end(edgeclr::plot::EpochPoint {
+            epoch: log.epoch,
+            loss,
+            alignment: log.alignment,
+            uniformity: log.uniformity,
+            effective_rank: log.effective_rank,
+            knn_acc: knn,
+        });
+        if !symptoms.is_empty() && watch.rolls_back() {
+            watch.roll_back(&mut trainer, &ckpt_path, epoch + 1, &symptoms)?;
+            break;
         }
-        trainer
-            .checkpoint(&manifest, &config, epoch as u64 + 1)?
-            .save(&ckpt_path)?;
+        let ckpt = trainer.checkpoint(&manifest, &config, epoch as u64 + 1)?;
+        ckpt.save(&ckpt_path)?;
+        if symptoms.is_empty() {
+            ckpt.save(&watch.good_path())?;
+        }
         // One write per line, after the checkpoint: the log never runs ahead of it.
         let mut line = serde_json::to_string(&log)?;
         line.push('\n');
@@ -481,6 +547,17 @@ pub fn run(args: Args) -> Result<()> {
         f.sync_all()?;
     }
 
+    let adapted = trainer.adapt(d0.view())?;
+    let after = Diagnostics::compute(adapted.view(), Some(trainer.adapt(d1.view())?.view()))?;
+    match &val {
+        Some(v) => watch.finish(
+            &after,
+            trainer.adapt(v.test.view())?.view(),
+            Some(&v.test_labels),
+            &v.classes,
+        ),
+        None => watch.finish(&after, adapted.view(), None, &[]),
+    }
     let mut trained = trainer.params.with_prefix("adapter.");
     trained.extend(
         trainer
@@ -517,5 +594,43 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     println!("run directory: {}", args.out.display());
+    super::memory::print_peak_rss();
     Ok(())
+}
+
+/// What `--memory-budget` plans over: the run as the flags describe it, with
+/// views `view_width` wide (the embedding, or the cut tensor with a tail).
+fn memory_shape(
+    args: &Args,
+    manifest: &edgeclr::Manifest,
+    images: usize,
+    view_width: usize,
+    precision: Precision,
+) -> Result<RunShape> {
+    let val_images = match &args.val {
+        Some(dir) => ["train", "t10k"]
+            .iter()
+            .map(|s| Dataset::open(dir, Some(s)).map(|d| d.len()))
+            .sum::<Result<usize, _>>()
+            .with_context(|| format!("opening {}", dir.display()))?,
+        None => 0,
+    };
+    let defaults = AdaptConfig::default();
+    Ok(RunShape {
+        images,
+        views: args.views,
+        dim: view_width,
+        val_images,
+        bank: args.bank_size,
+        batch: args.batch_size,
+        bottleneck: args.bottleneck,
+        head_hidden: defaults.head_hidden,
+        head_out: defaults.head_out,
+        predictor: args.loss.starts_with("byol"),
+        model_file_bytes: std::fs::metadata(&manifest.onnx).map_or(0, |m| m.len()),
+        precision: match precision {
+            Precision::F16 => CachePrecision::F16,
+            Precision::F32 => CachePrecision::F32,
+        },
+    })
 }

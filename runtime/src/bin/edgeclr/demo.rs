@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use edgeclr::adapt::trainer::{AdaptConfig, Precision, Trainer, ViewCache};
 use edgeclr::data::Dataset;
 use edgeclr::embed::{embed_dataset, embed_images, EmbedOptions, Embeddings};
 use edgeclr::metrics::Diagnostics;
@@ -45,6 +46,36 @@ pub struct Args {
     /// Neighbours voting in the k-NN head.
     #[arg(short = 'k', long, default_value_t = 20)]
     k: usize,
+    /// Epochs of the adaptation step on the train images (labels unused);
+    /// 0 skips it.
+    #[arg(long, default_value_t = 30, value_name = "N")]
+    adapt_epochs: usize,
+    /// Augmented views per train image for the adaptation step, besides the
+    /// plain embedding the demo already has.
+    #[arg(long, default_value_t = 1, value_name = "V")]
+    adapt_views: usize,
+}
+
+/// Frozen vs adapted, as the adaptation step measured them.
+#[derive(Debug, Serialize)]
+struct AdaptReport {
+    loss: String,
+    epochs: usize,
+    augmented_views: usize,
+    seconds: f64,
+    view_seconds: f64,
+    frozen: Side,
+    adapted: Side,
+}
+
+/// One column of the frozen-vs-adapted table (test split).
+#[derive(Debug, Serialize)]
+struct Side {
+    knn_test_acc: f64,
+    linear_probe_test_acc: f64,
+    alignment: Option<f64>,
+    uniformity: f64,
+    effective_rank: f64,
 }
 
 /// The numbers the demo reports; also written as `report.json`.
@@ -62,6 +93,7 @@ struct Report {
     knn_test_acc: f64,
     raw_pixel_probe_test_acc: f64,
     diagnostics: Diagnostics,
+    adaptation: Option<AdaptReport>,
 }
 
 fn embed_split(
@@ -235,6 +267,34 @@ pub fn run(args: Args) -> Result<()> {
     println!("representation diagnostics (test embeddings, L2-normalised; positives = horizontal flips):");
     println!("{diagnostics}");
 
+    let adaptation = if args.adapt_epochs > 0 {
+        let data = Labelled {
+            train: &train_emb.embeddings,
+            train_labels,
+            test: &test_emb.embeddings,
+            test_labels,
+            flipped: &flipped,
+            classes: train.class_names().unwrap_or_default(),
+        };
+        let frozen = Side {
+            knn_test_acc: knn_test,
+            linear_probe_test_acc: probe_test,
+            alignment: diagnostics.alignment,
+            uniformity: diagnostics.uniformity,
+            effective_rank: diagnostics.effective_rank,
+        };
+        Some(adapt_step(
+            &args,
+            &mut *encoder,
+            &train,
+            &data,
+            frozen,
+            &config,
+        )?)
+    } else {
+        None
+    };
+
     let report = Report {
         model: manifest.name.clone(),
         backend: encoder.backend().into(),
@@ -248,6 +308,7 @@ pub fn run(args: Args) -> Result<()> {
         knn_test_acc: knn_test,
         raw_pixel_probe_test_acc: raw_test_acc,
         diagnostics,
+        adaptation,
     };
     let path = args.out.join("report.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
@@ -255,5 +316,127 @@ pub fn run(args: Args) -> Result<()> {
         "\nwrote embeddings, probe.json, knn.json and report.json to {}",
         args.out.display()
     );
+    super::memory::print_peak_rss();
     Ok(())
+}
+
+/// The demo's embeddings and labels, for the adaptation step.
+struct Labelled<'a> {
+    train: &'a Array2<f32>,
+    train_labels: &'a [usize],
+    test: &'a Array2<f32>,
+    test_labels: &'a [usize],
+    flipped: &'a Array2<f32>,
+    classes: Vec<String>,
+}
+
+/// Adapts on the train images without their labels (`edgeclr adapt`'s
+/// trainer; views: the plain embedding the demo has plus `adapt_views`
+/// augmented ones), then scores frozen vs adapted on the test split.
+fn adapt_step(
+    args: &Args,
+    encoder: &mut dyn Encoder,
+    train: &Dataset,
+    data: &Labelled,
+    frozen: Side,
+    probe_config: &LinearProbeConfig,
+) -> Result<AdaptReport> {
+    let started = Instant::now();
+    let n = train.len();
+    let augmented = super::adapt::build_cache(
+        encoder,
+        train,
+        n,
+        args.adapt_views.max(1),
+        0,
+        Precision::F32,
+    )?;
+    let mut views = vec![data.train.clone()];
+    views.extend((0..augmented.num_views()).map(|v| augmented.view(v)));
+    let cache = ViewCache::new(views, Precision::F32)?;
+    let view_seconds = started.elapsed().as_secs_f64();
+    let config = AdaptConfig {
+        loss: "infonce:tau=0.2".into(),
+        epochs: args.adapt_epochs,
+        batch_size: 64,
+        bank_size: 1024,
+        ..AdaptConfig::default()
+    };
+    let steps = Trainer::steps_per_epoch(n, config.batch_size);
+    let mut trainer = Trainer::new(config.clone(), data.train.ncols(), steps)?;
+    trainer.prefill_bank(cache.view(1).view())?;
+    let bar = progress((steps * args.adapt_epochs) as u64, "adapting");
+    for _ in 0..args.adapt_epochs {
+        trainer.train_epoch(&cache, |_| bar.inc(1))?;
+    }
+    bar.finish_and_clear();
+    let (tr, te) = (
+        trainer.adapt(data.train.view())?,
+        trainer.adapt(data.test.view())?,
+    );
+    let knn = KnnHead::from_labelled(tr.view(), data.train_labels, data.classes.clone(), args.k)?;
+    let (probe, _) = LinearProbe::fit(
+        tr.view(),
+        data.train_labels,
+        data.classes.clone(),
+        probe_config,
+    )?;
+    let diag = Diagnostics::compute(te.view(), Some(trainer.adapt(data.flipped.view())?.view()))?;
+    let adapted = Side {
+        knn_test_acc: knn.accuracy(te.view(), data.test_labels)?,
+        linear_probe_test_acc: probe.accuracy(te.view(), data.test_labels)?,
+        alignment: diag.alignment,
+        uniformity: diag.uniformity,
+        effective_rank: diag.effective_rank,
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    println!();
+    println!(
+        "adaptation ({}, {} epochs on the {n} train images without labels, {} augmented view(s); \
+         {seconds:.0}s: {view_seconds:.0}s embedding views, {:.0}s training and scoring):",
+        config.loss,
+        args.adapt_epochs,
+        args.adapt_views.max(1),
+        seconds - view_seconds
+    );
+    println!("                          frozen    adapted");
+    let row = |name: &str, f: f64, a: f64, pct: bool| {
+        let s = if pct { 100.0 } else { 1.0 };
+        let unit = if pct { "%" } else { " " };
+        println!("  {name:<22} {:>8.2}{unit} {:>8.2}{unit}", f * s, a * s);
+    };
+    row(
+        &format!("k-NN (k={})", args.k),
+        frozen.knn_test_acc,
+        adapted.knn_test_acc,
+        true,
+    );
+    row(
+        "linear probe",
+        frozen.linear_probe_test_acc,
+        adapted.linear_probe_test_acc,
+        true,
+    );
+    row(
+        "alignment",
+        frozen.alignment.unwrap_or(f64::NAN),
+        adapted.alignment.unwrap_or(f64::NAN),
+        false,
+    );
+    row("uniformity", frozen.uniformity, adapted.uniformity, false);
+    row(
+        "effective rank",
+        frozen.effective_rank,
+        adapted.effective_rank,
+        false,
+    );
+    Ok(AdaptReport {
+        loss: config.loss,
+        epochs: args.adapt_epochs,
+        augmented_views: args.adapt_views.max(1),
+        seconds,
+        view_seconds,
+        frozen,
+        adapted,
+    })
 }

@@ -8,8 +8,10 @@ mod demo;
 mod embed;
 mod info;
 mod knn;
+mod memory;
 mod metrics;
 mod probe;
+mod watch;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,406 @@
+//! `--memory-budget`: an estimate of an adaptation run's peak memory, and the
+//! settings that make it fit.
+//!
+//! Edge boards have 1–4 GiB shared with everything else, and an adaptation run
+//! that is killed by the OOM killer half-way loses its work. The estimate
+//! adds up the big buffers the run holds at its peak (all sizes in bytes):
+//!
+//! | part | size |
+//! | --- | --- |
+//! | encoder | `model_overhead × model file` + `runtime_base` (tract keeps the weights, an optimised copy and per-call activations; the export decodes and re-encodes the graph) |
+//! | view cache | `images × views × dim × 4` (f32) or `× 2` (f16) |
+//! | cache build | one view of `images × dim × 4` in f32 parts, concatenated at the end |
+//! | diagnostics | four `images × dim × 4` copies (two adapted views, their L2-normalised copies) |
+//! | validation | `val_images × dim × 4 × 3` (frozen, adapted train/test) |
+//! | parameters | adapter + head (+ predictor) × 5 copies: weights, EMA, gradient, two AdamW moments |
+//! | bank | `bank × head_out × 4`, plus the logits `batch × (bank + 1) × 4 × 3` |
+//! | step | `batch × (4·dim + 3·head_hidden + 4·head_out) × 4 × 2` views |
+//!
+//! The planner first tries the requested settings; if they do not fit it
+//! switches the cache to f16 (when the caller can store one), then halves the
+//! bank (keeping it a multiple of the batch, down to `min_bank`), then halves
+//! the batch (down to `min_batch`, halving the bank along with it so it stays
+//! a multiple). If nothing fits it refuses with the smallest estimate it
+//! reached, so the user knows how much memory the run needs.
+
+use std::fmt;
+
+/// Bytes in a MiB, the unit of `--memory-budget`.
+pub const MIB: u64 = 1 << 20;
+
+/// Precision of the stored view cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CachePrecision {
+    F32,
+    F16,
+}
+
+impl CachePrecision {
+    fn bytes(self) -> u64 {
+        match self {
+            CachePrecision::F32 => 4,
+            CachePrecision::F16 => 2,
+        }
+    }
+}
+
+impl fmt::Display for CachePrecision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CachePrecision::F32 => "f32",
+            CachePrecision::F16 => "f16",
+        })
+    }
+}
+
+/// What the run will hold, as the CLI's flags and data say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunShape {
+    pub images: usize,
+    pub views: usize,
+    /// Frozen embedding width.
+    pub dim: usize,
+    /// Labelled evaluation images (train + test), 0 without `--val`.
+    pub val_images: usize,
+    pub bank: usize,
+    pub batch: usize,
+    pub bottleneck: usize,
+    pub head_hidden: usize,
+    pub head_out: usize,
+    /// BYOL's predictor doubles the head.
+    pub predictor: bool,
+    /// Size of the ONNX file on disk.
+    pub model_file_bytes: u64,
+    pub precision: CachePrecision,
+}
+
+/// Calibration of the parts that are not plain buffers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Calibration {
+    /// Encoder memory per byte of ONNX file.
+    pub model_overhead: f64,
+    /// Process, runtime and one image's activations, independent of the model file.
+    pub runtime_base: u64,
+}
+
+impl Default for Calibration {
+    /// Measured with tract on MobileNetV2 (14 MB file): the embed bench's
+    /// tract-only process peaks at 66 MB, and `edgeclr adapt` on 64 images at
+    /// 118 MiB, the export adding a decoded and a re-encoded copy of the
+    /// graph (≈ 2 × file). 5 × file + 32 MiB keeps the estimate above what
+    /// was measured; see docs/notes-diag.md.
+    fn default() -> Self {
+        Self {
+            model_overhead: 5.0,
+            runtime_base: 32 * MIB,
+        }
+    }
+}
+
+/// The estimate, part by part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimate {
+    pub encoder: u64,
+    pub cache: u64,
+    pub cache_build: u64,
+    pub diagnostics: u64,
+    pub validation: u64,
+    pub parameters: u64,
+    pub bank: u64,
+    pub step: u64,
+}
+
+impl Estimate {
+    pub fn total(&self) -> u64 {
+        self.encoder
+            + self.cache
+            + self.cache_build
+            + self.diagnostics
+            + self.validation
+            + self.parameters
+            + self.bank
+            + self.step
+    }
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / MIB as f64
+}
+
+impl fmt::Display for Estimate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:.0} MiB (encoder {:.0}, view cache {:.0}, cache build {:.0}, diagnostics {:.0}, \
+             validation {:.0}, parameters {:.1}, bank {:.1}, step {:.1})",
+            mib(self.total()),
+            mib(self.encoder),
+            mib(self.cache),
+            mib(self.cache_build),
+            mib(self.diagnostics),
+            mib(self.validation),
+            mib(self.parameters),
+            mib(self.bank),
+            mib(self.step)
+        )
+    }
+}
+
+/// Peak memory of a run of `shape`.
+pub fn estimate(shape: &RunShape, cal: &Calibration) -> Estimate {
+    let u = |v: usize| v as u64;
+    let f32b = 4u64;
+    let (n, d) = (u(shape.images), u(shape.dim));
+    let (b, k) = (u(shape.batch), u(shape.bank));
+    let (h, o, r) = (u(shape.head_hidden), u(shape.head_out), u(shape.bottleneck));
+    let mut weights = 2 * d * r + r + d + d * h + h + h * o + o;
+    if shape.predictor {
+        weights += o * h + h + h * o + o;
+    }
+    Estimate {
+        encoder: (cal.model_overhead * shape.model_file_bytes as f64) as u64 + cal.runtime_base,
+        cache: n * u(shape.views) * d * shape.precision.bytes(),
+        cache_build: n * d * f32b,
+        diagnostics: 4 * n * d * f32b,
+        validation: 3 * u(shape.val_images) * d * f32b,
+        parameters: 5 * weights * f32b,
+        bank: k * o * f32b + 3 * b * (k + 1) * f32b,
+        step: 2 * b * (4 * d + 3 * h + 4 * o) * f32b,
+    }
+}
+
+/// Limits of what the planner may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanLimits {
+    /// Whether the caller can store an f16 view cache.
+    pub allow_f16: bool,
+    /// The bank is not shrunk below this (0 keeps a disabled bank disabled).
+    pub min_bank: usize,
+    /// The batch is not shrunk below this.
+    pub min_batch: usize,
+}
+
+impl Default for PlanLimits {
+    fn default() -> Self {
+        Self {
+            allow_f16: true,
+            min_bank: 512,
+            min_batch: 16,
+        }
+    }
+}
+
+/// Settings that fit, with their estimate and what was changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub shape: RunShape,
+    pub estimate: Estimate,
+    pub budget: u64,
+    /// Human-readable changes from the requested settings, in order.
+    pub changes: Vec<String>,
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "memory plan: {} of a {:.0} MiB budget; cache {}, bank {}, batch {}",
+            self.estimate,
+            mib(self.budget),
+            self.shape.precision,
+            self.shape.bank,
+            self.shape.batch
+        )?;
+        if self.changes.is_empty() {
+            write!(f, " (as requested)")
+        } else {
+            write!(f, " ({})", self.changes.join("; "))
+        }
+    }
+}
+
+/// Why no plan fits.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum BudgetError {
+    #[error(
+        "the run needs at least {need_mib:.0} MiB ({smallest}) but --memory-budget is \
+         {budget_mib:.0} MiB; raise the budget, or use fewer images (--limit) or views"
+    )]
+    TooSmall {
+        need_mib: f64,
+        budget_mib: f64,
+        smallest: String,
+    },
+    #[error("--memory-budget must be positive")]
+    Zero,
+}
+
+/// The requested settings if they fit `budget` bytes, else the nearest
+/// cheaper ones (see the module docs for the order), else an error with the
+/// memory the smallest settings need.
+pub fn plan(
+    requested: &RunShape,
+    budget: u64,
+    limits: &PlanLimits,
+    cal: &Calibration,
+) -> Result<Plan, BudgetError> {
+    if budget == 0 {
+        return Err(BudgetError::Zero);
+    }
+    let mut shape = requested.clone();
+    let mut changes = Vec::new();
+    let fits = |s: &RunShape| estimate(s, cal).total() <= budget;
+    if !fits(&shape) && limits.allow_f16 && shape.precision == CachePrecision::F32 {
+        shape.precision = CachePrecision::F16;
+        changes.push("view cache f32 → f16".to_string());
+    }
+    let bank_before = shape.bank;
+    while !fits(&shape) && shape.bank > limits.min_bank.max(shape.batch) {
+        let half = (shape.bank / 2 / shape.batch).max(1) * shape.batch;
+        shape.bank = half.max(limits.min_bank.next_multiple_of(shape.batch));
+        if shape.bank >= bank_before && half < shape.bank {
+            break;
+        }
+    }
+    if shape.bank != bank_before {
+        changes.push(format!("bank {bank_before} → {}", shape.bank));
+    }
+    let batch_before = shape.batch;
+    while !fits(&shape) && shape.batch / 2 >= limits.min_batch.max(2) {
+        shape.batch /= 2;
+        if shape.bank > 0 {
+            shape.bank = shape.bank.div_ceil(shape.batch) * shape.batch;
+        }
+    }
+    if shape.batch != batch_before {
+        changes.push(format!("batch {batch_before} → {}", shape.batch));
+    }
+    let est = estimate(&shape, cal);
+    if est.total() > budget {
+        return Err(BudgetError::TooSmall {
+            need_mib: mib(est.total()),
+            budget_mib: mib(budget),
+            smallest: est.to_string(),
+        });
+    }
+    Ok(Plan {
+        shape,
+        estimate: est,
+        budget,
+        changes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fashion-MNIST train on MobileNetV2 with the CLI's defaults.
+    fn shape(images: usize) -> RunShape {
+        RunShape {
+            images,
+            views: 2,
+            dim: 1280,
+            val_images: 0,
+            bank: 4096,
+            batch: 64,
+            bottleneck: 128,
+            head_hidden: 512,
+            head_out: 128,
+            predictor: false,
+            model_file_bytes: 14 * MIB,
+            precision: CachePrecision::F32,
+        }
+    }
+
+    fn cal() -> Calibration {
+        Calibration::default()
+    }
+
+    #[test]
+    fn estimate_counts_the_cache_exactly() {
+        let e32 = estimate(&shape(1000), &cal());
+        assert_eq!(e32.cache, 1000 * 2 * 1280 * 4);
+        let mut s = shape(1000);
+        s.precision = CachePrecision::F16;
+        let e16 = estimate(&s, &cal());
+        assert_eq!(e16.cache * 2, e32.cache);
+        assert_eq!(e32.total() - e16.total(), e16.cache);
+        assert_eq!(e32.bank, 4096 * 128 * 4 + 3 * 64 * 4097 * 4);
+    }
+
+    #[test]
+    fn a_generous_budget_keeps_the_request() {
+        let p = plan(&shape(1000), 4096 * MIB, &PlanLimits::default(), &cal()).unwrap();
+        assert_eq!(p.shape, shape(1000));
+        assert!(p.changes.is_empty());
+        assert!(p.to_string().contains("as requested"));
+    }
+
+    #[test]
+    fn the_cache_goes_to_f16_first() {
+        let s = shape(60_000);
+        let full = estimate(&s, &cal()).total();
+        // Just below the f32 estimate: halving the cache alone is enough.
+        let p = plan(&s, full - MIB, &PlanLimits::default(), &cal()).unwrap();
+        assert_eq!(p.shape.precision, CachePrecision::F16);
+        assert_eq!((p.shape.bank, p.shape.batch), (4096, 64));
+        assert!(p.estimate.total() <= full - MIB);
+    }
+
+    #[test]
+    fn without_f16_the_bank_then_the_batch_shrink() {
+        let limits = PlanLimits {
+            allow_f16: false,
+            ..PlanLimits::default()
+        };
+        let s = shape(1000);
+        let full = estimate(&s, &cal()).total();
+        let mut smaller_bank = s.clone();
+        smaller_bank.bank = 1024;
+        let budget = estimate(&smaller_bank, &cal()).total();
+        assert!(budget < full);
+        let p = plan(&s, budget, &limits, &cal()).unwrap();
+        assert_eq!(p.shape.precision, CachePrecision::F32);
+        assert_eq!(p.shape.bank, 1024);
+        assert_eq!(p.shape.batch, 64);
+        assert_eq!(p.shape.bank % p.shape.batch, 0);
+
+        let mut floor = s.clone();
+        floor.bank = 512;
+        floor.batch = 32;
+        let p = plan(&s, estimate(&floor, &cal()).total(), &limits, &cal()).unwrap();
+        assert_eq!((p.shape.bank, p.shape.batch), (512, 32));
+        assert_eq!(p.changes.len(), 2, "{:?}", p.changes);
+    }
+
+    #[test]
+    fn too_small_a_budget_is_refused_with_the_need() {
+        let err = plan(&shape(60_000), 64 * MIB, &PlanLimits::default(), &cal()).unwrap_err();
+        let BudgetError::TooSmall { need_mib, .. } = &err else {
+            panic!("{err}");
+        };
+        assert!(*need_mib > 64.0);
+        assert!(err.to_string().contains("needs at least"));
+        assert_eq!(
+            plan(&shape(10), 0, &PlanLimits::default(), &cal()),
+            Err(BudgetError::Zero)
+        );
+    }
+
+    #[test]
+    fn a_disabled_bank_stays_disabled() {
+        let mut s = shape(1000);
+        s.bank = 0;
+        let mut small = s.clone();
+        small.batch = 16;
+        let budget = estimate(&small, &cal()).total();
+        let limits = PlanLimits {
+            allow_f16: false,
+            ..PlanLimits::default()
+        };
+        let p = plan(&s, budget, &limits, &cal()).unwrap();
+        assert_eq!(p.shape.bank, 0);
+        assert!(p.shape.batch < 64);
+    }
+}
