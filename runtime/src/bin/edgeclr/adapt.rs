@@ -230,7 +230,10 @@ enum Views {
     Cache(ViewCache),
     /// Drawn fresh every step; `diag` holds two fixed views of the first
     /// images for the per-epoch diagnostics.
-    Stream { maker: ViewMaker, diag: ViewCache },
+    Stream {
+        maker: Box<ViewMaker>,
+        diag: ViewCache,
+    },
 }
 
 impl Views {
@@ -354,7 +357,7 @@ pub fn run(args: Args) -> Result<()> {
             args.seed ^ 0x5eed,
             precision,
         )?;
-        let maker = ViewMaker::new(&manifest, args.seed)?;
+        let maker = Box::new(ViewMaker::new(&manifest, args.seed)?);
         println!(
             "streaming: fresh views every step; diagnostics on {} images × 2 views, {:.1} MiB ({precision})",
             diag.len(),
