@@ -493,7 +493,7 @@ impl TailSpec {
                 break;
             }
         }
-        if index.producer.get(tensor.as_str()).is_none() {
+        if !index.producer.contains_key(tensor.as_str()) {
             return Err(TailError::Graph(format!(
                 "the tail starts at the graph input '{tensor}': nothing would be left to the \
                  frozen trunk; choose a later node"

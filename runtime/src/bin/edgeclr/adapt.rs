@@ -242,7 +242,10 @@ enum Views {
     Cache(ViewCache),
     /// Drawn fresh every step; `diag` holds two fixed views of the first
     /// images for the per-epoch diagnostics.
-    Stream { maker: ViewMaker, diag: ViewCache },
+    Stream {
+        maker: Box<ViewMaker>,
+        diag: ViewCache,
+    },
 }
 
 impl Views {
@@ -381,7 +384,7 @@ pub fn run(mut args: Args) -> Result<()> {
             args.seed ^ 0x5eed,
             precision,
         )?;
-        let maker = ViewMaker::new(&manifest, args.seed)?;
+        let maker = Box::new(ViewMaker::new(&manifest, args.seed)?);
         println!(
             "streaming: fresh views every step; diagnostics on {} images × 2 views, {:.1} MiB ({precision})",
             diag.len(),
