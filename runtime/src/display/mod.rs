@@ -320,8 +320,15 @@ pub fn draw_screen<D: DrawTarget<Color = Rgb888>>(
     let bar_color = if g.mono { WHITE } else { BAR };
     draw_bar(target, g.bar, confidence, bar_color)?;
     let pct = format!("{:.0}%", confidence * 100.0);
-    let pct_at = g.bar.top_left + Point::new(g.bar.size.width as i32 + 3, if g.mono { -1 } else { 0 });
-    text(target, &pct, pct_at, if g.mono { &FONT_4X6 } else { g.small_font }, fg)?;
+    let pct_at =
+        g.bar.top_left + Point::new(g.bar.size.width as i32 + 3, if g.mono { -1 } else { 0 });
+    text(
+        target,
+        &pct,
+        pct_at,
+        if g.mono { &FONT_4X6 } else { g.small_font },
+        fg,
+    )?;
 
     let small = g.small_font;
     let line = (small.character_size.height + 1) as i32;
@@ -415,9 +422,21 @@ pub fn draw_screen<D: DrawTarget<Color = Rgb888>>(
                 )?;
                 let s = format!("{:>3.0}% {l}", c * 100.0);
                 let avail = g.topk.size.width - bar_w - 4;
-                text(target, &fit(&s, font, avail), Point::new(x + bar_w as i32 + 4, y), font, fg)?;
+                text(
+                    target,
+                    &fit(&s, font, avail),
+                    Point::new(x + bar_w as i32 + 4, y),
+                    font,
+                    fg,
+                )?;
             }
-            None => text(target, &fit(l, font, g.topk.size.width), Point::new(x, y), font, fg)?,
+            None => text(
+                target,
+                &fit(l, font, g.topk.size.width),
+                Point::new(x, y),
+                font,
+                fg,
+            )?,
         }
     }
     Ok(())
@@ -491,7 +510,11 @@ mod tests {
         let row = |i: i32| Point::new(g.topk.top_left.x + 2, g.topk.top_left.y + i * 11 + 4);
         for i in 0..3 {
             let p = row(i);
-            assert_eq!(c.pixel(p.x as u32, p.y as u32), Some([40, 200, 90]), "row {i}");
+            assert_eq!(
+                c.pixel(p.x as u32, p.y as u32),
+                Some([40, 200, 90]),
+                "row {i}"
+            );
         }
         let p = row(3);
         assert_eq!(c.pixel(p.x as u32, p.y as u32), Some([16, 20, 28]));
@@ -518,8 +541,16 @@ mod tests {
             .all(|p| p.0 == [0, 0, 0] || p.0 == [255, 255, 255]));
         let g = Layout::Mono128x64.geometry();
         // The dithered gradient: dark on the left of the frame, light on the right.
-        let left = count(&c, Rectangle::new(Point::new(0, 0), Size::new(12, 36)), [255; 3]);
-        let right = count(&c, Rectangle::new(Point::new(36, 0), Size::new(12, 36)), [255; 3]);
+        let left = count(
+            &c,
+            Rectangle::new(Point::new(0, 0), Size::new(12, 36)),
+            [255; 3],
+        );
+        let right = count(
+            &c,
+            Rectangle::new(Point::new(36, 0), Size::new(12, 36)),
+            [255; 3],
+        );
         assert!(left < right, "{left} vs {right}");
         assert!(label_matches(&c, Layout::Mono128x64, "espresso"));
         // Bar half full: inner width 52 → 26 pixels lit.

@@ -143,7 +143,10 @@ impl FbFormat {
         for y in 0..h {
             for x in 0..w {
                 let at = y * self.line_length + x * bpp;
-                self.pack(canvas.image.get_pixel(x as u32, y as u32).0, &mut out[at..at + bpp]);
+                self.pack(
+                    canvas.image.get_pixel(x as u32, y as u32).0,
+                    &mut out[at..at + bpp],
+                );
             }
         }
         out
@@ -258,7 +261,11 @@ impl FramebufferSink {
             .read(true)
             .write(true)
             .open(device)
-            .map_err(|e| fb(format!("cannot open: {e} (is there a framebuffer, and may this user write it?)")))?;
+            .map_err(|e| {
+                fb(format!(
+                    "cannot open: {e} (is there a framebuffer, and may this user write it?)"
+                ))
+            })?;
         let var = fb_ioctl::var(&file).map_err(|e| fb(format!("not a framebuffer: {e}")))?;
         let fix = fb_ioctl::fix(&file).map_err(|e| fb(format!("not a framebuffer: {e}")))?;
         if !matches!(var.bits_per_pixel, 16 | 24 | 32) {
@@ -271,7 +278,8 @@ impl FramebufferSink {
             width: var.xres,
             height: var.yres,
             bits_per_pixel: var.bits_per_pixel,
-            line_length: (fix.line_length as usize).max((var.xres * var.bits_per_pixel / 8) as usize),
+            line_length: (fix.line_length as usize)
+                .max((var.xres * var.bits_per_pixel / 8) as usize),
             red: (var.red.offset, var.red.length),
             green: (var.green.offset, var.green.length),
             blue: (var.blue.offset, var.blue.length),
