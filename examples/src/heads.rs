@@ -95,9 +95,9 @@ impl Head {
 
     pub fn describe(&self) -> String {
         match self {
-            Head::Logits(n) => format!("logits ({} classes)", n.len()),
-            Head::Probe(p) => format!("probe ({} classes)", p.classes().len()),
-            Head::Knn(k) => format!("k-NN ({} classes)", k.classes().len()),
+            Head::Logits(n) => format!("model logits, {} classes", n.len()),
+            Head::Probe(p) => format!("linear probe, {} classes", p.classes().len()),
+            Head::Knn(k) => format!("k-NN head, {} classes", k.classes().len()),
         }
     }
 

@@ -93,6 +93,8 @@ enum ToTrainer {
 }
 
 enum FromTrainer {
+    /// The trainer is built (fresh or resumed): its adapter and step.
+    Ready(Box<Params>, u64),
     /// A step succeeded: the adapter to classify with, and the readout.
     Step(Box<Params>, AdaptReadout),
     /// A step was skipped (non-finite loss); the previous adapter stays.
@@ -189,10 +191,11 @@ impl TrainerThread {
     ) -> Result<()> {
         let mut frames: VecDeque<RgbImage> = VecDeque::with_capacity(self.capacity);
         let mut finish: Option<u64> = None;
-        let mut push =
+        let capacity = self.capacity;
+        let push =
             |frames: &mut VecDeque<RgbImage>, msg: ToTrainer, finish: &mut Option<u64>| match msg {
                 ToTrainer::Frame(f) => {
-                    if frames.len() == self.capacity {
+                    if frames.len() == capacity {
                         frames.pop_front();
                     }
                     frames.push_back(f);
@@ -303,6 +306,14 @@ struct Live {
 impl Live {
     fn apply(&mut self, msg: FromTrainer, adapted: &mut Option<AdaptedKnn>) -> Result<()> {
         match msg {
+            FromTrainer::Ready(params, step) => {
+                if let Some(a) = adapted.as_mut() {
+                    a.update(*params)?;
+                }
+                if step > 0 {
+                    self.status = format!("resumed at step {step}");
+                }
+            }
             FromTrainer::Step(params, r) => {
                 if let Some(a) = adapted.as_mut() {
                     a.update(*params)?;
@@ -324,6 +335,29 @@ impl Live {
     }
 }
 
+/// A fresh trainer, or the one in `checkpoint` when resuming.
+fn build_trainer(
+    cfg: AdaptConfig,
+    dim: usize,
+    checkpoint: &Path,
+    resume: bool,
+    manifest: &Manifest,
+) -> Result<Trainer> {
+    let mut trainer = Trainer::new(cfg, dim, 1)?;
+    if resume && checkpoint.exists() {
+        let ckpt = Checkpoint::load(checkpoint)?;
+        ckpt.check_model(manifest)?;
+        trainer.restore_from(&ckpt)?;
+        trainer.step = ckpt.step;
+        eprintln!(
+            "resumed from {} at step {}",
+            checkpoint.display(),
+            ckpt.step
+        );
+    }
+    Ok(trainer)
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let c = &args.common;
@@ -336,24 +370,10 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let checkpoint = args.out.join("checkpoint.safetensors");
-    let mut trainer = Trainer::new(cfg.clone(), dim, 1)?;
-    if args.resume && checkpoint.exists() {
-        let ckpt = Checkpoint::load(&checkpoint)?;
-        ckpt.check_model(&manifest)?;
-        trainer.restore_from(&ckpt)?;
-        trainer.step = ckpt.step;
-        eprintln!(
-            "resumed from {} at step {}",
-            checkpoint.display(),
-            ckpt.step
-        );
-    }
-    let initial_params = trainer.params.clone();
 
     let mut encoder = c.load_encoder(&manifest, args.knn_from.is_some())?;
     let preprocessor = Preprocessor::new(&manifest);
-    let mut view = Trainer::new(cfg.clone(), dim, 1)?;
-    view.params = initial_params;
+    let view = Trainer::new(cfg.clone(), dim, 1)?;
     let (mut adapted, logits_head) = match &args.knn_from {
         Some(dir) => (
             Some(AdaptedKnn::new(
@@ -375,31 +395,62 @@ fn main() -> Result<()> {
         },
         args.seed,
     )?;
-    let worker = TrainerThread {
-        trainer,
-        encoder: c.load_encoder(&manifest, true)?,
-        preprocessor: Preprocessor::new(&manifest),
-        augmenter,
-        manifest: manifest.clone(),
-        checkpoint: checkpoint.clone(),
-        checkpoint_every: args.checkpoint_every,
-        capacity: args.buffer.max(2),
-        rng: rand::rngs::StdRng::seed_from_u64(args.seed ^ 0x5eed),
-        checkpoints: 0,
-    };
+    let train_encoder = c.load_encoder(&manifest, true)?;
     let (to_trainer, trainer_rx): (SyncSender<ToTrainer>, _) =
         mpsc::sync_channel(args.buffer.max(2));
     let (trainer_tx, updates) = mpsc::channel();
-    let handle = thread::spawn(move || worker.run(trainer_rx, trainer_tx));
+    // The Trainer is built on its own thread (it need not be Send).
+    let (worker_manifest, worker_checkpoint) = (manifest.clone(), checkpoint.clone());
+    let worker_cfg = cfg.clone();
+    let (resume, checkpoint_every, capacity) =
+        (args.resume, args.checkpoint_every, args.buffer.max(2));
+    let rng = rand::rngs::StdRng::seed_from_u64(args.seed ^ 0x5eed);
+    let handle = thread::spawn(move || {
+        let trainer = match build_trainer(
+            worker_cfg,
+            dim,
+            &worker_checkpoint,
+            resume,
+            &worker_manifest,
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = trainer_tx.send(FromTrainer::Failed(format!("{e:#}")));
+                return;
+            }
+        };
+        let ready = FromTrainer::Ready(Box::new(trainer.params.clone()), trainer.step);
+        if trainer_tx.send(ready).is_err() {
+            return;
+        }
+        TrainerThread {
+            trainer,
+            encoder: train_encoder,
+            preprocessor: Preprocessor::new(&worker_manifest),
+            augmenter,
+            manifest: worker_manifest,
+            checkpoint: worker_checkpoint,
+            checkpoint_every,
+            capacity,
+            rng,
+            checkpoints: 0,
+        }
+        .run(trainer_rx, trainer_tx)
+    });
 
-    let mut source = c.open_source()?;
-    let mut screen = Screen::open(c)?;
-    let mut fps = FpsMeter::new();
     let mut live = Live {
         readout: None,
         history: VecDeque::new(),
         status: "collecting frames".into(),
     };
+    // The first message is the trainer's starting adapter (or its failure).
+    let first = updates
+        .recv()
+        .context("the adaptation thread stopped before starting")?;
+    live.apply(first, &mut adapted)?;
+    let mut source = c.open_source()?;
+    let mut screen = Screen::open(c)?;
+    let mut fps = FpsMeter::new();
     eprintln!(
         "camera-adapt: {} on {}, {} (batch {}, bank {})",
         manifest.name,
@@ -420,6 +471,7 @@ fn main() -> Result<()> {
 
     let mut n = 0u64;
     let mut last_frame = None;
+    let mut last_fps = 0.0;
     while !c.done(n) {
         let frame = next_frame(&mut *source, c.retry_secs)?;
         match to_trainer.try_send(ToTrainer::Frame(frame.clone())) {
@@ -437,7 +489,10 @@ fn main() -> Result<()> {
             title: "adapt".into(),
             frame: Some(frame.clone()),
             top,
-            fps: fps.tick(),
+            fps: {
+                last_fps = fps.tick();
+                last_fps
+            },
             status: live.status.clone(),
             adapt: live.readout,
             loss_history: live.history.iter().copied().collect(),
@@ -472,8 +527,8 @@ fn main() -> Result<()> {
             title: "adapt".into(),
             frame: Some(frame),
             top,
-            fps: 0.0,
-            status: format!("done, ckpt {}", checkpoint.display()),
+            fps: last_fps,
+            status: "done, checkpoint saved".into(),
             adapt: live.readout,
             loss_history: live.history.iter().copied().collect(),
         };

@@ -188,7 +188,7 @@ fn main() -> Result<()> {
         let status = if message.is_empty() {
             summary(&head)
         } else {
-            format!("{message}; {}", summary(&head))
+            format!("{message}\n{}", summary(&head))
         };
         let state = ScreenState {
             title: "enrol".into(),

@@ -24,7 +24,7 @@ use embedded_graphics::mono_font::ascii::{FONT_10X20, FONT_4X6, FONT_5X8, FONT_6
 use embedded_graphics::mono_font::{MonoFont, MonoTextStyle};
 use embedded_graphics::pixelcolor::Rgb888;
 use embedded_graphics::prelude::*;
-use embedded_graphics::primitives::{PrimitiveStyle, Rectangle};
+use embedded_graphics::primitives::{Polyline, PrimitiveStyle, Rectangle};
 use embedded_graphics::text::{Baseline, Text};
 use image::RgbImage;
 
@@ -144,7 +144,8 @@ pub struct ScreenState {
     /// Ranked `(label, confidence in [0, 1])`; the first is the top label.
     pub top: Vec<(String, f32)>,
     pub fps: f32,
-    /// One line of state: enrolment (`3 classes, 12 shots`), or a message.
+    /// State text: enrolment (`cat(5) mug(3)`), or a message. Lines split at
+    /// `\n` and wrap between words; the mono layout shows the first line only.
     pub status: String,
     pub adapt: Option<AdaptReadout>,
     /// Recent losses, oldest first, drawn as a small chart (colour layout).
@@ -164,6 +165,29 @@ fn background(g: &Geometry) -> Rgb888 {
     } else {
         BACKGROUND
     }
+}
+
+/// Splits `s` into lines of at most `width` pixels of `font`: at newlines,
+/// then between words (a word longer than a line is truncated).
+fn wrap(s: &str, font: &MonoFont, width: u32) -> Vec<String> {
+    let per = font.character_size.width + font.character_spacing;
+    let n = (width / per.max(1)).max(1) as usize;
+    let mut lines = Vec::new();
+    for para in s.lines() {
+        let mut line = String::new();
+        for word in para.split_whitespace() {
+            let len = line.chars().count();
+            if len > 0 && len + 1 + word.chars().count() > n {
+                lines.push(std::mem::take(&mut line));
+            }
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+        lines.push(fit(&line, font, width));
+    }
+    lines
 }
 
 /// Truncates `s` to what fits in `width` pixels of `font`.
@@ -288,12 +312,18 @@ fn draw_chart<D: DrawTarget<Color = Rgb888>>(
     let span = (hi - lo).max(1e-6);
     let (w, h) = (area.size.width as i32 - 2, area.size.height as i32 - 2);
     let n = finite.len() as i32;
-    let pixels = finite.iter().enumerate().map(|(i, v)| {
-        let x = area.top_left.x + 1 + (i as i32 * (w - 1)) / (n - 1).max(1);
-        let y = area.top_left.y + 1 + ((hi - v) / span * (h - 1) as f32).round() as i32;
-        Pixel(Point::new(x, y), ACCENT)
-    });
-    target.draw_iter(pixels)
+    let points: Vec<Point> = finite
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let x = area.top_left.x + 1 + (i as i32 * (w - 1)) / (n - 1).max(1);
+            let y = area.top_left.y + 1 + ((hi - v) / span * (h - 1) as f32).round() as i32;
+            Point::new(x, y)
+        })
+        .collect();
+    Polyline::new(&points)
+        .into_styled(PrimitiveStyle::with_stroke(ACCENT, 1))
+        .draw(target)
 }
 
 /// Draws the whole screen for `state` in `layout` on `target` (top-left
@@ -338,15 +368,13 @@ pub fn draw_screen<D: DrawTarget<Color = Rgb888>>(
         info_lines.push(format!("{:.1} fps", state.fps));
         if let Some(a) = &state.adapt {
             info_lines.push(format!("L{:.2} s{}", a.loss, a.step));
-        } else if !state.status.is_empty() {
-            info_lines.push(state.status.clone());
+        } else if let Some(first) = state.status.lines().next() {
+            info_lines.push(first.to_owned());
         }
     } else {
         info_lines.push(state.title.clone());
         info_lines.push(format!("{:.1} fps", state.fps));
-        if !state.status.is_empty() {
-            info_lines.push(state.status.clone());
-        }
+        info_lines.extend(wrap(&state.status, small, width));
         if let Some(a) = &state.adapt {
             info_lines.push(format!("step {}", a.step));
             info_lines.push(format!("loss {:.4}", a.loss));
@@ -580,9 +608,17 @@ mod tests {
             g.info.top_left + Point::new(0, 90),
             Size::new(g.info.size.width, 50),
         );
-        assert!(count(&c, chart, [255, 200, 40]) >= 10);
+        assert!(count(&c, chart, [255, 200, 40]) >= 40, "a connected line");
         let without = render(Layout::Color320x240, &state());
         assert_ne!(c, without);
+    }
+
+    #[test]
+    fn status_wraps_between_words() {
+        let lines = wrap("saved\nastronaut(1) cat(1) coffee(1)", &FONT_6X10, 6 * 20);
+        assert_eq!(lines, ["saved", "astronaut(1) cat(1)", "coffee(1)"]);
+        let long = wrap("abcdefghijklmnopqrstuvwxyz", &FONT_6X10, 60);
+        assert_eq!(long, ["abcdefghi~"]);
     }
 
     #[test]
