@@ -138,3 +138,70 @@ pub fn next_frame(source: &mut dyn FrameSource, retry_secs: f64) -> Result<RgbIm
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A camera that is unplugged after one frame and comes back on the
+    /// second reopen attempt.
+    struct FlakyCamera {
+        frames: u32,
+        reopens: u32,
+    }
+
+    impl FrameSource for FlakyCamera {
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+
+        fn next_frame(&mut self) -> Result<RgbImage, SourceError> {
+            self.frames += 1;
+            if self.frames == 2 {
+                return Err(SourceError::Disconnected {
+                    device: "/dev/video9".into(),
+                    message: "No such device".into(),
+                });
+            }
+            Ok(RgbImage::new(2, 2))
+        }
+
+        fn reopen(&mut self) -> Result<(), SourceError> {
+            self.reopens += 1;
+            if self.reopens < 2 {
+                return Err(SourceError::Camera {
+                    device: "/dev/video9".into(),
+                    message: "cannot open".into(),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_camera_that_disappears_is_reopened_until_it_is_back() {
+        let mut cam = FlakyCamera {
+            frames: 0,
+            reopens: 0,
+        };
+        next_frame(&mut cam, 0.01).unwrap();
+        next_frame(&mut cam, 0.01).unwrap();
+        assert_eq!(cam.reopens, 2);
+        assert_eq!(cam.frames, 3);
+    }
+
+    #[test]
+    fn a_source_that_keeps_failing_stops_with_an_error() {
+        struct Broken;
+        impl FrameSource for Broken {
+            fn describe(&self) -> String {
+                "broken".into()
+            }
+            fn next_frame(&mut self) -> Result<RgbImage, SourceError> {
+                Err(SourceError::Format("bad frame".into()))
+            }
+        }
+        let err = next_frame(&mut Broken, 0.01).unwrap_err();
+        assert!(format!("{err:#}").contains("bad frame"));
+    }
+}
