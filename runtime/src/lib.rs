@@ -34,6 +34,7 @@ pub mod atomic;
 pub mod augment;
 pub mod backend;
 pub mod data;
+pub mod display;
 pub mod embed;
 pub mod error;
 pub mod inspect;
@@ -43,6 +44,7 @@ pub mod plot;
 pub mod preprocess;
 pub mod probe;
 pub mod rss;
+pub mod source;
 pub mod store;
 
 pub use backend::{Encoder, EncoderOutput, LoadOptions, ModelError, TractEncoder};
