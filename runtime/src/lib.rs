@@ -33,6 +33,7 @@ pub mod adapt;
 pub mod atomic;
 pub mod augment;
 pub mod backend;
+pub mod capi;
 pub mod data;
 pub mod embed;
 pub mod error;
