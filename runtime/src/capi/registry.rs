@@ -13,7 +13,7 @@
 //! (it holds an `Arc`) and it is dropped when that call returns.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, TryLockError};
 
 use super::status::{EdgeclrStatus, FfiError};
@@ -29,7 +29,10 @@ struct Entry {
 struct Registry {
     /// The last id handed out; 0 is the null handle and never issued.
     last_id: u64,
-    live: HashMap<u64, Entry>,
+    /// A B-tree rather than a hash map: its nodes are referenced from their
+    /// start, so memory checkers see a live table as reachable (hashbrown's
+    /// interior pointer shows up as "possibly lost" under valgrind).
+    live: BTreeMap<u64, Entry>,
 }
 
 static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(Mutex::default);
