@@ -8,23 +8,146 @@
 //!                                  adapt::loss (contrastive objectives and their gradients)
 //! ```
 //!
-//! Loading a model, embedding images and probing them:
+//! The examples below run as doc tests (`cargo test --release --doc`) on the
+//! shipped MobileNetV2 and photos; paths are built from `CARGO_MANIFEST_DIR`
+//! only so that they run from any directory. C programs use the same library
+//! through [`capi`] (`runtime/include/edgeclr.h`).
 //!
-//! ```no_run
-//! use edgeclr::data::Dataset;
-//! use edgeclr::embed::{embed_dataset, EmbedOptions};
-//! use edgeclr::probe::{LinearProbe, LinearProbeConfig};
-//! use edgeclr::{LoadOptions, Manifest, TractEncoder};
+//! # Load a model and embed an image
+//!
+//! A [`Manifest`] names the ONNX file, its checksum and its preprocessing; the
+//! encoder runs it; [`Preprocessor`] turns decoded images into its input.
+//!
+//! ```
+//! use edgeclr::data::{decode_image, DecodeLimits};
+//! use edgeclr::embed::embed_images;
+//! use edgeclr::{Encoder, LoadOptions, Manifest, Preprocessor, TractEncoder};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let manifest = Manifest::load("models/mobilenet_v2".as_ref())?;
+//! let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+//! let manifest = Manifest::load(&root.join("models/mobilenet_v2/manifest.toml"))?;
 //! let mut encoder = TractEncoder::load(&manifest, &LoadOptions::default())?;
-//! let train = Dataset::open("data/fashion-mnist".as_ref(), Some("train"))?;
-//! let emb = embed_dataset(&mut encoder, &train, &EmbedOptions::default(), |_| {})?;
-//! let labels = emb.labels.as_deref().ok_or("unlabelled")?;
-//! let classes = emb.class_names.clone().unwrap_or_default();
-//! let (probe, _) = LinearProbe::fit(emb.embeddings.view(), labels, classes, &LinearProbeConfig::default())?;
-//! println!("train accuracy {:.3}", probe.accuracy(emb.embeddings.view(), labels)?);
+//! let preprocessor = Preprocessor::new(encoder.manifest());
+//!
+//! let cat = decode_image(&root.join("data/photos/chelsea.png"), DecodeLimits::default())?;
+//! let out = embed_images(&mut encoder, &preprocessor, &[cat])?;
+//! assert_eq!(out.embedding.dim(), (1, 1280));
+//!
+//! // The model's ImageNet head comes along when the manifest names one.
+//! let logits = out.logits.ok_or("no logits")?;
+//! let names = manifest.class_names()?.ok_or("no class names")?;
+//! let top = (0..logits.ncols()).fold(0, |b, i| if logits[[0, i]] > logits[[0, b]] { i } else { b });
+//! println!("chelsea.png looks like a {}", names[top]);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Train, save and load a linear probe; enrol classes in a k-NN head
+//!
+//! Heads work on embedding matrices (one row per image) and persist as the
+//! same JSON files the CLI's `edgeclr probe` / `edgeclr knn` verbs use.
+//!
+//! ```
+//! use edgeclr::data::{decode_image, DecodeLimits};
+//! use edgeclr::embed::embed_images;
+//! use edgeclr::probe::{KnnHead, LinearProbe, LinearProbeConfig};
+//! use edgeclr::{LoadOptions, Manifest, Preprocessor, TractEncoder};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+//! let manifest = Manifest::load(&root.join("models/mobilenet_v2"))?;
+//! let options = LoadOptions { embedding_only: true, ..LoadOptions::default() };
+//! let mut encoder = TractEncoder::load(&manifest, &options)?;
+//! let preprocessor = Preprocessor::new(&manifest);
+//!
+//! // Four photos for training, their mirror images for testing.
+//! let classes = ["astronaut", "chelsea", "coffee", "rocket"];
+//! let photos = classes
+//!     .iter()
+//!     .map(|c| decode_image(&root.join(format!("data/photos/{c}.png")), DecodeLimits::default()))
+//!     .collect::<Result<Vec<_>, _>>()?;
+//! let mirrors: Vec<_> = photos.iter().map(image::imageops::flip_horizontal).collect();
+//! let train = embed_images(&mut encoder, &preprocessor, &photos)?.embedding;
+//! let test = embed_images(&mut encoder, &preprocessor, &mirrors)?.embedding;
+//! let labels = [0, 1, 2, 3];
+//! let names: Vec<String> = classes.iter().map(|c| c.to_string()).collect();
+//!
+//! let (probe, report) =
+//!     LinearProbe::fit(train.view(), &labels, names.clone(), &LinearProbeConfig::default())?;
+//! assert!(report.converged);
+//! let dir = std::env::temp_dir().join(format!("edgeclr-doc-probe-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir)?;
+//! probe.save(dir.join("probe.json"))?;
+//! let probe = LinearProbe::load(dir.join("probe.json"))?;
+//! assert_eq!(probe.accuracy(test.view(), &labels)?, 1.0);
+//!
+//! // k-NN: enrol classes one at a time, from a single shot each.
+//! let mut knn = KnnHead::new(train.ncols(), 1)?;
+//! for (i, name) in names.iter().enumerate() {
+//!     knn.enroll(name, train.slice(ndarray::s![i..i + 1, ..]))?;
+//! }
+//! let predicted = knn.predict(test.view())?;
+//! assert!(predicted.iter().zip(labels).all(|(p, l)| p.class == l));
+//! knn.save(dir.join("head.json"))?;
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Run adaptation steps, checkpoint, export
+//!
+//! [`adapt::trainer::Trainer`] trains a residual adapter and a projection
+//! head on frozen embeddings of two views of each image; the adapter is then
+//! exported as ONNX nodes appended to the original graph, so the adapted
+//! model is an ordinary model for every backend.
+//!
+//! ```
+//! use edgeclr::adapt::export::export_adapted;
+//! use edgeclr::adapt::trainer::{AdaptConfig, Trainer};
+//! use edgeclr::augment::{AugmentConfig, Augmenter};
+//! use edgeclr::data::{decode_image, DecodeLimits};
+//! use edgeclr::embed::embed_images;
+//! use edgeclr::{LoadOptions, Manifest, Preprocessor, TractEncoder};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+//! let manifest = Manifest::load(&root.join("models/mobilenet_v2"))?;
+//! let options = LoadOptions { embedding_only: true, ..LoadOptions::default() };
+//! let mut encoder = TractEncoder::load(&manifest, &options)?;
+//! let preprocessor = Preprocessor::new(&manifest);
+//!
+//! // Two seeded augmented views of each photo, through the frozen encoder.
+//! let photos = ["astronaut", "chelsea", "coffee", "rocket"]
+//!     .iter()
+//!     .map(|c| decode_image(&root.join(format!("data/photos/{c}.png")), DecodeLimits::default()))
+//!     .collect::<Result<Vec<_>, _>>()?;
+//! let mut augmenter = Augmenter::new(AugmentConfig::default(), 7)?;
+//! let view1: Vec<_> = photos.iter().map(|p| augmenter.view(p)).collect();
+//! let view2: Vec<_> = photos.iter().map(|p| augmenter.view(p)).collect();
+//! let x1 = embed_images(&mut encoder, &preprocessor, &view1)?.embedding;
+//! let x2 = embed_images(&mut encoder, &preprocessor, &view2)?.embedding;
+//!
+//! let config = AdaptConfig { batch_size: 4, bank_size: 0, warmup_epochs: 0, ..AdaptConfig::default() };
+//! let mut trainer = Trainer::new(config.clone(), manifest.outputs.embedding_dim, 1)?;
+//! let first = trainer.train_step(x1.view(), x2.view())?;
+//! let second = trainer.train_step(x1.view(), x2.view())?;
+//! assert!(second.loss < first.loss);
+//! let adapted = trainer.adapt(x1.view())?; // what probes and k-NN heads use
+//!
+//! let dir = std::env::temp_dir().join(format!("edgeclr-doc-adapt-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir)?;
+//! trainer.checkpoint(&manifest, &config, 0)?.save(&dir.join("checkpoint.safetensors"))?;
+//! let exported = export_adapted(
+//!     &manifest,
+//!     &trainer.params.with_prefix("adapter."),
+//!     &dir.join("model"),
+//!     "mobilenet_v2-adapted",
+//! )?;
+//! // The exported model computes the adapted embedding itself.
+//! let mut adapted_encoder = TractEncoder::load(&exported, &options)?;
+//! let direct = embed_images(&mut adapted_encoder, &preprocessor, &view1)?.embedding;
+//! assert!((&direct - &adapted).iter().all(|d| d.abs() < 1e-3));
+//! # std::fs::remove_dir_all(&dir)?;
 //! # Ok(())
 //! # }
 //! ```
@@ -33,6 +156,7 @@ pub mod adapt;
 pub mod atomic;
 pub mod augment;
 pub mod backend;
+pub mod capi;
 pub mod data;
 pub mod display;
 pub mod embed;

@@ -64,7 +64,10 @@ pub enum OptimError {
 pub type Result<T, E = OptimError> = std::result::Result<T, E>;
 
 /// An optimiser updating a [`Params`] in place from gradients of the same names.
-pub trait Optimizer {
+///
+/// `Send` so that a [`Trainer`](super::trainer::Trainer) can move to another
+/// thread (the C ABI keeps trainers in a process-wide handle registry).
+pub trait Optimizer: Send {
     /// One update with learning rate `lr` (see the module docs for the
     /// formulas). Parameters missing from `grads` are left as they are.
     fn step(&mut self, params: &mut Params, grads: &Params, lr: f32) -> Result<()>;
