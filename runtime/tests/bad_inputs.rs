@@ -14,12 +14,14 @@ use std::process::Command;
 
 use common::{repo, test_data};
 use edgeclr::adapt::checkpoint::{Checkpoint, CheckpointError};
+use edgeclr::adapt::params::Params;
 use edgeclr::data::{decode_image, DataError, Dataset, DecodeLimits};
 use edgeclr::manifest::ManifestError;
 use edgeclr::preprocess::PreprocessError;
 use edgeclr::probe::{KnnHead, LinearProbe, ProbeError};
 use edgeclr::store::{EmbeddingSet, StoreError};
-use edgeclr::{LoadOptions, Manifest, ModelError, Preprocessor, TractEncoder};
+use edgeclr::{Encoder, LoadOptions, Manifest, ModelError, Preprocessor, TractEncoder};
+use ndarray::{Array4, ArrayD};
 
 fn bad(name: &str) -> PathBuf {
     test_data(&format!("bad/{name}"))
@@ -143,6 +145,14 @@ const ROWS: &[Row] = &[
         refused!(
             load_model("complex_init.toml"),
             ModelError::NotOnnx { message, .. } if message.contains("Complex64")
+        )
+    }),
+    // Numerical faults at run time.
+    row(&["nan_model.onnx", "nan_model.toml"], || {
+        let mut model = load_model("nan_model.toml").map_err(|e| e.to_string())?;
+        refused!(
+            model.run(Array4::<f32>::zeros((2, 3, 8, 8)).view()),
+            ModelError::NonFiniteOutput(name) if name == "embedding"
         )
     }),
     // Manifests.
@@ -435,4 +445,28 @@ fn bombs_fit_in_a_1gib_address_space() {
         out.status
     );
     assert!(text.contains("refused as expected"), "{text}");
+}
+
+/// A diverged step never reaches the disk: saving a checkpoint that holds NaN
+/// or Inf is refused and the previous checkpoint stays byte-identical.
+#[test]
+fn a_non_finite_checkpoint_never_replaces_the_good_one() {
+    let dir = std::env::temp_dir().join(format!("edgeclr-nan-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("checkpoint.safetensors");
+    let good = Checkpoint::load(&bad("ckpt_good.safetensors")).unwrap();
+    good.save(&path).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    for poison in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut diverged = good.clone();
+        diverged.step += 1;
+        let mut tensors = Params::new();
+        tensors.insert("w", ArrayD::from_elem(vec![2, 2], poison));
+        diverged.tensors = tensors;
+        let err = diverged.save(&path).unwrap_err();
+        assert!(matches!(err, CheckpointError::NonFinite(ref n) if n == "w"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), before, "checkpoint changed");
+        assert!(!dir.join("checkpoint.safetensors.tmp").exists());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

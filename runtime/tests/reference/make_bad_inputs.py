@@ -241,6 +241,26 @@ def hardening(out, w):
     js("knn_label_range.json", dict(knn, labels=[0, 5]))
     js("knn_not_unit.json", dict(knn, keys=[[3, 0], [0, 1]]))
     js("probe_version.json", dict(lin, version=99))
+    # Numerical faults: a model whose embedding is NaN (sqrt of a negative).
+    def fault_model(name, nodes, inits):
+        pool = helper.make_node("GlobalAveragePool", ["y"], ["pooled"], name="pool")
+        flat = helper.make_node("Flatten", ["pooled"], ["embedding"], name="flatten")
+        graph = helper.make_graph(
+            nodes + [pool, flat], name,
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
+            [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 3])],
+            initializer=inits)
+        sha = save_model(graph, os.path.join(out, name + ".onnx"))
+        w(name + ".toml", manifest(name, name + ".onnx", sha))
+
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    fault_model("nan_model", [
+        helper.make_node("Abs", ["input"], ["a"]),
+        helper.make_node("Add", ["a", "one"], ["b"]),
+        helper.make_node("Neg", ["b"], ["c"]),
+        helper.make_node("Sqrt", ["c"], ["y"]),
+    ], [one])
+
     # IDX: a header declaring 65535^3 bytes, rank 0, zero bytes, gzip garbage.
     w("huge-images-idx3-ubyte", struct.pack(">IIII", 0x00000803, 65535, 65535, 65535), "wb")
     w("rank0-images-idx3-ubyte", struct.pack(">I", 0x00000800), "wb")
