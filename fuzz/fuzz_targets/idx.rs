@@ -21,7 +21,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = read_idx(&path);
     if let Ok(set) = IdxDataset::open(&path) {
         for i in 0..set.len().min(64) {
-            set.image(i).expect("an opened IDX set decodes every index below len()");
+            set.image(i)
+                .expect("an opened IDX set decodes every index below len()");
         }
     }
 });

@@ -16,7 +16,12 @@ fuzz_target!(|data: &[u8]| {
     let pre = Preprocessor::new(&manifest);
     // Preprocess one small image when the crop is small enough to be cheap.
     let (h, w) = manifest.input_hw();
-    if h * w <= 64 * 64 && manifest.preprocess.resize_short_side.is_none_or(|s| s <= 256) {
+    if h * w <= 64 * 64
+        && manifest
+            .preprocess
+            .resize_short_side
+            .is_none_or(|s| s <= 256)
+    {
         let image = image::RgbImage::from_pixel(5, 7, image::Rgb([10, 200, 30]));
         let _ = pre.batch(&[image]);
     }

@@ -117,7 +117,7 @@ fn check_tensor(t: &pb::TensorProto) -> Result<(), String> {
             ]
             .iter()
             .sum::<usize>() as u64
-        } else if t.raw_data.len() as u64 % size != 0 {
+        } else if !(t.raw_data.len() as u64).is_multiple_of(size) {
             return Err(format!(
                 "tensor '{name}' holds {} bytes, not a whole number of {size}-byte elements",
                 t.raw_data.len()

@@ -464,7 +464,10 @@ fn a_non_finite_checkpoint_never_replaces_the_good_one() {
         tensors.insert("w", ArrayD::from_elem(vec![2, 2], poison));
         diverged.tensors = tensors;
         let err = diverged.save(&path).unwrap_err();
-        assert!(matches!(err, CheckpointError::NonFinite(ref n) if n == "w"), "{err}");
+        assert!(
+            matches!(err, CheckpointError::NonFinite(ref n) if n == "w"),
+            "{err}"
+        );
         assert_eq!(std::fs::read(&path).unwrap(), before, "checkpoint changed");
         assert!(!dir.join("checkpoint.safetensors.tmp").exists());
     }
