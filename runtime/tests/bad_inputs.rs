@@ -473,3 +473,27 @@ fn a_non_finite_checkpoint_never_replaces_the_good_one() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// ONNX Runtime gets the same protection: the model is checked by
+/// `parse_proto` before the runtime library is even opened, so these refusals
+/// need no `libonnxruntime` on the machine.
+#[cfg(feature = "ort")]
+#[test]
+fn onnx_runtime_refuses_the_same_models_before_loading_them() {
+    use edgeclr::backend::{load_encoder, Backend, OrtOptions};
+    for (manifest, needle) in [
+        ("declared_2gb.toml", "declares shape [536870912]"),
+        ("external_2gb.toml", "external file"),
+        ("complex_init.toml", "Complex64"),
+    ] {
+        let manifest = Manifest::load(&bad(manifest)).unwrap();
+        let backend = Backend::Ort(OrtOptions::default());
+        match load_encoder(&backend, &manifest, &LoadOptions::default()) {
+            Err(ModelError::NotOnnx { message, .. }) => {
+                assert!(message.contains(needle), "{message}")
+            }
+            Err(other) => panic!("{}: wrong error {other:?}", manifest.name),
+            Ok(_) => panic!("{}: accepted", manifest.name),
+        }
+    }
+}
