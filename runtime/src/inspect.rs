@@ -34,7 +34,105 @@ pub fn parse_proto(path: &Path, bytes: &[u8]) -> Result<pb::ModelProto, ModelErr
             message: "it holds no graph".into(),
         });
     }
+    if let Some(graph) = &proto.graph {
+        check_graph_tensors(graph).map_err(|message| ModelError::NotOnnx {
+            path: path.to_path_buf(),
+            message,
+        })?;
+    }
     Ok(proto)
+}
+
+/// Bytes per element of the ONNX element types the backends can hold, `None`
+/// for the others (complex, bfloat16, 8- and 4-bit floats) and for strings.
+fn element_size(data_type: i32) -> Option<u64> {
+    use pb::tensor_proto::DataType as T;
+    match T::try_from(data_type).ok()? {
+        T::Uint8 | T::Int8 | T::Bool => Some(1),
+        T::Uint16 | T::Int16 | T::Float16 => Some(2),
+        T::Float | T::Int32 | T::Uint32 => Some(4),
+        T::Int64 | T::Uint64 | T::Double => Some(8),
+        _ => None,
+    }
+}
+
+/// Checks every tensor stored in the graph (initialisers and constant
+/// attributes, subgraphs included) before a backend turns it into memory: its
+/// declared shape must describe exactly the data the file holds. A hostile
+/// file can *declare* a 2 GB initialiser in a few bytes; the backends would
+/// then fail late, or (for external data) go and read other files. edgeclr
+/// models are single files, so external data is refused outright.
+fn check_graph_tensors(graph: &pb::GraphProto) -> Result<(), String> {
+    for tensor in &graph.initializer {
+        check_tensor(tensor)?;
+    }
+    for node in &graph.node {
+        for attr in &node.attribute {
+            for tensor in attr.t.iter().chain(&attr.tensors) {
+                check_tensor(tensor)?;
+            }
+            for sub in attr.g.iter().chain(&attr.graphs) {
+                check_graph_tensors(sub)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_tensor(t: &pb::TensorProto) -> Result<(), String> {
+    let name = &t.name;
+    if !t.external_data.is_empty()
+        || t.data_location == Some(pb::tensor_proto::DataLocation::External as i32)
+    {
+        return Err(format!(
+            "tensor '{name}' keeps its data in an external file, which edgeclr does not load (re-export the model as one file)"
+        ));
+    }
+    if let Some(d) = t.dims.iter().find(|&&d| d < 0) {
+        return Err(format!("tensor '{name}' has a negative dimension {d}"));
+    }
+    let declared = t
+        .dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+        .ok_or_else(|| format!("tensor '{name}' has shape {:?}, which overflows", t.dims))?;
+    let is_string = t.data_type == pb::tensor_proto::DataType::String as i32;
+    let stored = if is_string && t.raw_data.is_empty() {
+        t.string_data.len() as u64
+    } else {
+        let size = element_size(t.data_type).ok_or_else(|| {
+            format!(
+                "tensor '{name}' has element type {}, which edgeclr's backends cannot load",
+                pb::tensor_proto::DataType::try_from(t.data_type)
+                    .map_or_else(|_| t.data_type.to_string(), |d| format!("{d:?}"))
+            )
+        })?;
+        if t.raw_data.is_empty() {
+            [
+                t.float_data.len(),
+                t.int32_data.len(),
+                t.int64_data.len(),
+                t.double_data.len(),
+                t.uint64_data.len(),
+            ]
+            .iter()
+            .sum::<usize>() as u64
+        } else if !(t.raw_data.len() as u64).is_multiple_of(size) {
+            return Err(format!(
+                "tensor '{name}' holds {} bytes, not a whole number of {size}-byte elements",
+                t.raw_data.len()
+            ));
+        } else {
+            t.raw_data.len() as u64 / size
+        }
+    };
+    if stored != declared {
+        return Err(format!(
+            "tensor '{name}' declares shape {:?} ({declared} elements) but the file holds {stored}",
+            t.dims
+        ));
+    }
+    Ok(())
 }
 
 /// Parses and summarises an ONNX file's bytes.
@@ -97,8 +195,12 @@ impl OnnxSummary {
         let parameters = graph
             .initializer
             .iter()
-            .map(|t| t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>())
-            .sum();
+            .map(|t| {
+                t.dims
+                    .iter()
+                    .fold(1u64, |acc, &d| acc.saturating_mul(d.max(0) as u64))
+            })
+            .fold(0u64, u64::saturating_add);
         Self {
             producer: format!("{} {}", model.producer_name, model.producer_version)
                 .trim()

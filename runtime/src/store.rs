@@ -4,10 +4,11 @@
 //! atomically, so an interrupted run never leaves a half-written array.
 
 use std::fs::File;
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array1, Array2};
+use ndarray_npy::npy::header::Header;
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use serde::{Deserialize, Serialize};
 
@@ -80,14 +81,35 @@ fn npy_err(path: &Path) -> impl Fn(String) -> StoreError + '_ {
     }
 }
 
-/// Reads a 2-D f32 `.npy` and rejects non-finite rows.
-pub fn read_matrix(path: &Path) -> Result<Array2<f32>, StoreError> {
-    let file = File::open(path).map_err(|source| StoreError::Io {
+/// Reads a whole `.npy` file, refusing one whose header declares more data
+/// than the file holds. ndarray-npy allocates what the header declares before
+/// it reads, so without this a 100-byte file declaring a 10⁹ × 10⁶ shape
+/// aborts the process on a 4 PB allocation.
+fn read_npy_bytes(path: &Path, element_size: usize) -> Result<Vec<u8>, StoreError> {
+    let bytes = std::fs::read(path).map_err(|source| StoreError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let x =
-        Array2::<f32>::read_npy(BufReader::new(file)).map_err(|e| npy_err(path)(e.to_string()))?;
+    let mut data = &bytes[..];
+    let header = Header::from_reader(&mut data).map_err(|e| npy_err(path)(e.to_string()))?;
+    let declared = header
+        .shape
+        .iter()
+        .try_fold(element_size, |acc, &d| acc.checked_mul(d));
+    match declared {
+        Some(n) if n <= data.len() => Ok(bytes),
+        _ => Err(npy_err(path)(format!(
+            "the header declares shape {:?}, more than the {} data bytes the file holds",
+            header.shape,
+            data.len()
+        ))),
+    }
+}
+
+/// Reads a 2-D f32 `.npy` and rejects non-finite rows.
+pub fn read_matrix(path: &Path) -> Result<Array2<f32>, StoreError> {
+    let bytes = read_npy_bytes(path, std::mem::size_of::<f32>())?;
+    let x = Array2::<f32>::read_npy(&bytes[..]).map_err(|e| npy_err(path)(e.to_string()))?;
     if let Some(row) = x
         .rows()
         .into_iter()
@@ -138,12 +160,9 @@ impl EmbeddingSet {
         let embeddings = read_matrix(npy)?;
         let lp = labels_path(npy);
         let labels = if lp.is_file() {
-            let file = File::open(&lp).map_err(|source| StoreError::Io {
-                path: lp.clone(),
-                source,
-            })?;
-            let arr = Array1::<i64>::read_npy(BufReader::new(file))
-                .map_err(|e| npy_err(&lp)(e.to_string()))?;
+            let bytes = read_npy_bytes(&lp, std::mem::size_of::<i64>())?;
+            let arr =
+                Array1::<i64>::read_npy(&bytes[..]).map_err(|e| npy_err(&lp)(e.to_string()))?;
             if arr.len() != embeddings.nrows() {
                 return Err(StoreError::CountMismatch {
                     embeddings: embeddings.nrows(),

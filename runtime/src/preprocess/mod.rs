@@ -18,12 +18,27 @@ use crate::manifest::{ChannelOrder, Filter, Layout, Manifest, PreprocessSpec};
 pub enum PreprocessError {
     #[error("image is empty ({0}x{1})")]
     EmptyImage(u32, u32),
+    /// The resize step would make an image this large: a very thin image
+    /// (say 1×10⁶ pixels, a few hundred bytes as PNG) resized so its short side
+    /// is 256 pixels would otherwise allocate gigabytes.
+    #[error("a {width}x{height} image would be resized to {resized_width}x{resized_height}, over the {limit}-pixel limit (aspect ratio too extreme)")]
+    ResizeTooLarge {
+        width: u32,
+        height: u32,
+        resized_width: u64,
+        resized_height: u64,
+        limit: u64,
+    },
     #[error("output tensor has shape {got:?}, expected {expected:?}")]
     Shape {
         got: Vec<usize>,
         expected: Vec<usize>,
     },
 }
+
+/// Largest image the resize step may produce (width × height), the same
+/// 64 Mpixel bound [`crate::data::DecodeLimits`] puts on decoded images.
+pub const MAX_RESIZED_PIXELS: u64 = 64 * 1024 * 1024;
 
 /// Turns images into input tensors for one model. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -52,14 +67,32 @@ impl Preprocessor {
     }
 
     /// Size after the resize step, torchvision's rule: the short side becomes
-    /// `resize_short_side` and the long side is scaled and truncated.
-    fn resized_size(&self, w: u32, h: u32) -> (u32, u32) {
+    /// `resize_short_side` and the long side is scaled and truncated. Refused
+    /// when the result would exceed [`MAX_RESIZED_PIXELS`].
+    fn resized_size(&self, w: u32, h: u32) -> Result<(u32, u32), PreprocessError> {
         let [crop_h, crop_w] = self.spec.crop;
-        match self.spec.resize_short_side {
-            Some(short) if w <= h => (short, (short as u64 * h as u64 / w as u64) as u32),
-            Some(short) => ((short as u64 * w as u64 / h as u64) as u32, short),
-            None => (crop_w, crop_h),
+        let (rw, rh) = match self.spec.resize_short_side {
+            Some(short) if w <= h => (
+                u64::from(short),
+                u64::from(short) * u64::from(h) / u64::from(w),
+            ),
+            Some(short) => (
+                u64::from(short) * u64::from(w) / u64::from(h),
+                u64::from(short),
+            ),
+            None => (u64::from(crop_w), u64::from(crop_h)),
+        };
+        if rw.saturating_mul(rh) > MAX_RESIZED_PIXELS {
+            return Err(PreprocessError::ResizeTooLarge {
+                width: w,
+                height: h,
+                resized_width: rw,
+                resized_height: rh,
+                limit: MAX_RESIZED_PIXELS,
+            });
         }
+        // Both fit in u32: each is at most MAX_RESIZED_PIXELS.
+        Ok((rw as u32, rh as u32))
     }
 
     fn resize(&self, image: &RgbImage, w: u32, h: u32) -> RgbImage {
@@ -88,7 +121,7 @@ impl Preprocessor {
         if w == 0 || h == 0 {
             return Err(PreprocessError::EmptyImage(w, h));
         }
-        let (rw, rh) = self.resized_size(w, h);
+        let (rw, rh) = self.resized_size(w, h)?;
         let resized = if (rw, rh) == (w, h) {
             image.clone()
         } else {

@@ -64,13 +64,17 @@ enum Command {
 }
 
 /// Restores the default SIGPIPE action, so `edgeclr ... | head` ends quietly
-/// like any Unix tool instead of failing on a closed stdout.
+/// like any Unix tool instead of failing on a closed stdout. Also ignores
+/// SIGXFSZ, so a write past a file-size limit (`ulimit -f`, a full quota)
+/// fails as an EFBIG error that names the file, instead of killing the
+/// process: the atomic writers then keep the previous checkpoint.
 #[cfg(unix)]
 fn reset_sigpipe() {
-    // SAFETY: called once at start-up, before any thread exists; SIG_DFL is a
-    // valid disposition for SIGPIPE.
+    // SAFETY: called once at start-up, before any thread exists; SIG_DFL and
+    // SIG_IGN are valid dispositions for SIGPIPE and SIGXFSZ.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }
 
