@@ -63,6 +63,7 @@ fn element_size(data_type: i32) -> Option<u64> {
 /// then fail late, or (for external data) go and read other files. edgeclr
 /// models are single files, so external data is refused outright.
 fn check_graph_tensors(graph: &pb::GraphProto) -> Result<(), String> {
+    check_outputs_defined(graph)?;
     for tensor in &graph.initializer {
         check_tensor(tensor)?;
     }
@@ -77,6 +78,37 @@ fn check_graph_tensors(graph: &pb::GraphProto) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Every graph output must name a value the graph defines (an input, an
+/// initialiser, or a value a node reads or writes): tract indexes its name
+/// table with the output names and panics on a missing one (found by the
+/// `onnx_load` fuzz target).
+fn check_outputs_defined(graph: &pb::GraphProto) -> Result<(), String> {
+    let defined: std::collections::HashSet<&str> = graph
+        .input
+        .iter()
+        .map(|i| i.name.as_str())
+        .chain(graph.initializer.iter().map(|t| t.name.as_str()))
+        .chain(
+            graph
+                .node
+                .iter()
+                .flat_map(|n| n.input.iter().chain(&n.output))
+                .map(String::as_str),
+        )
+        .collect();
+    match graph
+        .output
+        .iter()
+        .find(|o| !defined.contains(o.name.as_str()))
+    {
+        Some(o) => Err(format!(
+            "graph output '{}' is not produced by any node, input or initialiser",
+            o.name
+        )),
+        None => Ok(()),
+    }
 }
 
 fn check_tensor(t: &pb::TensorProto) -> Result<(), String> {

@@ -138,6 +138,14 @@ const ROWS: &[Row] = &[
             )
         },
     ),
+    // Found by the onnx_load fuzz target (a tract panic on a graph output no
+    // node produces); the file is the fuzzer's artifact, not generated.
+    row(&["fuzz_undefined_output.onnx"], || {
+        refused!(
+            summarize("fuzz_undefined_output.onnx"),
+            ModelError::NotOnnx { message, .. } if message.contains("graph output 'embedding'")
+        )
+    }),
     bomb(&["raw_len_2gb.onnx"], || {
         refused!(summarize("raw_len_2gb.onnx"), ModelError::NotOnnx { .. })
     }),
