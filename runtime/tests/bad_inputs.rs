@@ -146,6 +146,17 @@ const ROWS: &[Row] = &[
             ModelError::NotOnnx { message, .. } if message.contains("graph output 'embedding'")
         )
     }),
+    // Found by the onnx_load fuzz target: a Flatten node without inputs makes
+    // tract's shape inference index out of bounds; the panic is caught.
+    row(
+        &["fuzz_flatten_no_input.onnx", "fuzz_flatten_no_input.toml"],
+        || {
+            refused!(
+                load_model("fuzz_flatten_no_input.toml"),
+                ModelError::Backend { message, .. } if message.contains("internal assertion")
+            )
+        },
+    ),
     bomb(&["raw_len_2gb.onnx"], || {
         refused!(summarize("raw_len_2gb.onnx"), ModelError::NotOnnx { .. })
     }),

@@ -111,7 +111,16 @@ pub(crate) fn check_against_manifest(
 
 impl TractEncoder {
     /// Loads, verifies (sha256, shapes, operators), optimises and plans a model.
+    ///
+    /// tract asserts on some malformed graphs (found by fuzzing, e.g. a
+    /// Flatten node without inputs) instead of returning an error; such a
+    /// panic is caught here and returned as [`ModelError::Backend`], so a
+    /// hostile model file cannot take the process down.
     pub fn load(manifest: &Manifest, options: &LoadOptions) -> Result<Self, ModelError> {
+        catch_tract_panic(|| Self::load_unguarded(manifest, options))
+    }
+
+    fn load_unguarded(manifest: &Manifest, options: &LoadOptions) -> Result<Self, ModelError> {
         let bytes = read_verified(manifest)?;
         let proto = parse_proto(&manifest.onnx, &bytes)?;
         drop(bytes);
@@ -187,12 +196,13 @@ impl TractEncoder {
             return Ok(plan.clone());
         }
         let subs = HashMap::from([(self.batch.clone(), TDim::Val(n as i64))]);
-        let plan = self
-            .model
-            .set_symbols(&subs)
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable_with_options(&self.run_options))
-            .map_err(backend_err)?;
+        let plan = catch_tract_panic(|| {
+            self.model
+                .set_symbols(&subs)
+                .and_then(|m| m.into_optimized())
+                .and_then(|m| m.into_runnable_with_options(&self.run_options))
+                .map_err(backend_err)
+        })?;
         self.plans.insert(n, plan.clone());
         Ok(plan)
     }
@@ -270,10 +280,31 @@ impl Encoder for TractEncoder {
     }
 }
 
+/// Runs `f`, turning a panic inside tract into [`ModelError::Backend`].
+fn catch_tract_panic<T>(f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, ModelError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(backend_err(format!(
+            "tract failed on this model (internal assertion: {what})"
+        )))
+    })
+}
+
 /// The shape of one sample of `proto`'s first output, by tract's shape
 /// inference: ONNX files rarely declare the shapes of inner tensors, and the
 /// trainable tail needs the width of the tensor the trunk is cut at.
 pub fn infer_output_shape(
+    proto: &tract_onnx::pb::ModelProto,
+    sample_shape: &[usize],
+) -> Result<Vec<usize>, ModelError> {
+    catch_tract_panic(|| infer_output_shape_unguarded(proto, sample_shape))
+}
+
+fn infer_output_shape_unguarded(
     proto: &tract_onnx::pb::ModelProto,
     sample_shape: &[usize],
 ) -> Result<Vec<usize>, ModelError> {

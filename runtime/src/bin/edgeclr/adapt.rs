@@ -368,6 +368,7 @@ pub fn run(mut args: Args) -> Result<()> {
         }
         trainer.restore_from(&ckpt)?;
         first_epoch = ckpt.epoch as usize;
+        trim_log(&log_path, first_epoch)?;
         println!(
             "resumed from {} at epoch {first_epoch}, step {}",
             ckpt_path.display(),
@@ -534,12 +535,9 @@ pub fn run(mut args: Args) -> Result<()> {
             watch.roll_back(&mut trainer, &ckpt_path, epoch + 1, &symptoms)?;
             break;
         }
-        let ckpt = trainer.checkpoint(&manifest, &config, epoch as u64 + 1)?;
-        ckpt.save(&ckpt_path)?;
-        if symptoms.is_empty() {
-            ckpt.save(&watch.good_path())?;
-        }
-        // One write per line, after the checkpoint: the log never runs ahead of it.
+        // The epoch's line goes to disk before its checkpoint: a kill between
+        // the two leaves one line too many, which `--resume` trims, instead
+        // of a line lost for good.
         let mut line = serde_json::to_string(&log)?;
         line.push('\n');
         let mut f = OpenOptions::new()
@@ -548,6 +546,11 @@ pub fn run(mut args: Args) -> Result<()> {
             .open(&log_path)?;
         f.write_all(line.as_bytes())?;
         f.sync_all()?;
+        let ckpt = trainer.checkpoint(&manifest, &config, epoch as u64 + 1)?;
+        ckpt.save(&ckpt_path)?;
+        if symptoms.is_empty() {
+            ckpt.save(&watch.good_path())?;
+        }
     }
 
     let adapted = trainer.adapt(d0.view())?;
@@ -598,6 +601,28 @@ pub fn run(mut args: Args) -> Result<()> {
     }
     println!("run directory: {}", args.out.display());
     super::memory::print_peak_rss();
+    Ok(())
+}
+
+/// Keeps the first `epochs` lines of the metrics log (the epochs the
+/// checkpoint holds), rewritten atomically; a line written after the last
+/// checkpoint, complete or torn by a kill, is dropped and written again when
+/// that epoch reruns.
+fn trim_log(path: &Path, epochs: usize) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let kept: String = text
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .take(epochs)
+        .collect();
+    if kept.len() != text.len() {
+        edgeclr::atomic::write_atomic(path, |f| f.write_all(kept.as_bytes()))
+            .with_context(|| format!("trimming {}", path.display()))?;
+    }
     Ok(())
 }
 
