@@ -7,13 +7,23 @@
 //! InfoNCE (τ = 0.2) against a MoCo bank of 4096 keys, AdamW, EMA update and
 //! enqueue — `Trainer::train_step`, as `edgeclr adapt` runs it. The peer is
 //! runtime/benches/peer_torch_adapt.py (skipped when `import torch` fails).
+//!
+//! The tail + head step also trains MobileNetV2's last layers
+//! (`edgeclr adapt --train-tail auto`): its inputs are the flattened cut
+//! tensor (320×7×7 = 15680 values per view), which goes through the 1×1 conv
+//! 320→1280 + bias, ReLU6 and global average pooling (`adapt::tail`, with the
+//! model's own weights) before the same adapter, head, bank and optimiser;
+//! its peer is the same script with `--tail`.
+//!
 //! Each side's peak RSS is measured in its own process.
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
+use edgeclr::adapt::tail::{load_tail, TailChoice};
 use edgeclr::adapt::trainer::{AdaptConfig, Trainer};
+use edgeclr::Manifest;
 use ndarray::Array2;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -21,6 +31,34 @@ use rand_chacha::ChaCha8Rng;
 const BATCH: usize = 64;
 const DIM: usize = 1280;
 const BANK: usize = 4096;
+/// Pixels of MobileNetV2's cut tensor (7×7 at 224×224 input).
+const CUT_PIXELS: usize = 49;
+
+/// Which step is timed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Adapter + head on frozen 1280-d embeddings.
+    HeadOnly,
+    /// MobileNetV2's 1×1 conv + ReLU6 + pool, then adapter + head.
+    TailHead,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::HeadOnly => "head-only",
+            Mode::TailHead => "tail + head",
+        }
+    }
+
+    /// The flag that selects this mode in the RSS child and the peer script.
+    fn flag(self) -> Option<&'static str> {
+        match self {
+            Mode::HeadOnly => None,
+            Mode::TailHead => Some("--tail"),
+        }
+    }
+}
 
 fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -49,9 +87,36 @@ fn head_only() -> (Trainer, Array2<f32>, Array2<f32>) {
     (trainer, x1, x2)
 }
 
+/// A trainer with MobileNetV2's tail layers, a full bank and two batches of
+/// random cut tensors. The bank is filled from the batch itself, 64 rows at
+/// a time, so no 4096 × 15680 fill matrix inflates the peak RSS.
+fn tail_head() -> (Trainer, Array2<f32>, Array2<f32>) {
+    let manifest = Manifest::load(&repo("models/mobilenet_v2")).expect("models/mobilenet_v2");
+    let tail = load_tail(&manifest, &TailChoice::Auto).expect("MobileNetV2 tail layers");
+    let width = tail.0.channels * CUT_PIXELS;
+    let config = AdaptConfig {
+        loss: "infonce:tau=0.2".into(),
+        batch_size: BATCH,
+        bank_size: BANK,
+        train_tail: Some("auto".into()),
+        ..AdaptConfig::default()
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let x1 = Array2::from_shape_fn((BATCH, width), |_| rng.random_range(-1.0f32..3.0));
+    let x2 = &x1 + &Array2::from_shape_fn((BATCH, width), |_| 0.1 * rng.random::<f32>());
+    let mut trainer = Trainer::with_tail(config, Some(tail), 0, 1000).expect("bench config");
+    for _ in 0..BANK / BATCH {
+        trainer.prefill_bank(x2.view()).expect("prefill");
+    }
+    (trainer, x1, x2)
+}
+
 /// Steps per second over `steps` steps after `warmup`.
-fn time_head_only(steps: usize, warmup: usize) -> f64 {
-    let (mut trainer, x1, x2) = head_only();
+fn time_step(mode: Mode, steps: usize, warmup: usize) -> f64 {
+    let (mut trainer, x1, x2) = match mode {
+        Mode::HeadOnly => head_only(),
+        Mode::TailHead => tail_head(),
+    };
     for _ in 0..warmup {
         trainer.train_step(x1.view(), x2.view()).expect("step");
     }
@@ -63,10 +128,11 @@ fn time_head_only(steps: usize, warmup: usize) -> f64 {
 }
 
 /// This binary again, running only `steps` steps, for its own peak RSS.
-fn own_rss(steps: usize) -> Option<f64> {
+fn own_rss(mode: Mode, steps: usize) -> Option<f64> {
     let exe = std::env::current_exe().ok()?;
     let out = Command::new(exe)
         .args(["--rss-only", &steps.to_string()])
+        .args(mode.flag())
         .output()
         .ok()?;
     String::from_utf8_lossy(&out.stdout)
@@ -75,7 +141,7 @@ fn own_rss(steps: usize) -> Option<f64> {
 }
 
 /// The PyTorch peer's JSON line, `None` if torch is unavailable.
-fn torch_peer(steps: usize, threads: usize) -> Option<serde_json::Value> {
+fn torch_peer(mode: Mode, steps: usize, threads: usize) -> Option<serde_json::Value> {
     let ok = Command::new("python3")
         .args(["-c", "import torch"])
         .output()
@@ -91,6 +157,7 @@ fn torch_peer(steps: usize, threads: usize) -> Option<serde_json::Value> {
             "--threads",
             &threads.to_string(),
         ])
+        .args(mode.flag())
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -99,69 +166,107 @@ fn torch_peer(steps: usize, threads: usize) -> Option<serde_json::Value> {
         .find_map(|l| serde_json::from_str(l).ok())
 }
 
+/// One step's measurements: ours (1 thread) and the peer's per thread count.
+struct Row {
+    mode: Mode,
+    ours: f64,
+    ours_rss: Option<f64>,
+    peers: Vec<(usize, Option<serde_json::Value>)>,
+}
+
+impl Row {
+    fn measure(mode: Mode, steps: usize) -> Self {
+        let ours = time_step(mode, steps, 5);
+        let ours_rss = own_rss(mode, steps);
+        let peers = [1, 2]
+            .iter()
+            .map(|&t| (t, torch_peer(mode, steps, t)))
+            .collect();
+        Self {
+            mode,
+            ours,
+            ours_rss,
+            peers,
+        }
+    }
+
+    /// PyTorch's single-thread steps/s.
+    fn torch1(&self) -> Option<f64> {
+        self.peers[0]
+            .1
+            .as_ref()
+            .and_then(|p| p["steps_per_sec"].as_f64())
+    }
+
+    fn print(&self) {
+        let fmt = |v: Option<f64>, p: usize| v.map_or("-".into(), |v| format!("{v:.p$}"));
+        let label = self.mode.label();
+        println!(
+            "{:<28} {:>8} {:>10.1} {:>14} {:>10}",
+            format!("edgeclr ({label})"),
+            1,
+            self.ours,
+            fmt(self.ours_rss, 0),
+            fmt(self.torch1().map(|t| self.ours / t), 2)
+        );
+        for (threads, peer) in &self.peers {
+            match peer {
+                Some(p) => println!(
+                    "{:<28} {:>8} {:>10.1} {:>14} {:>10}",
+                    format!("pytorch ({label})"),
+                    threads,
+                    p["steps_per_sec"].as_f64().unwrap_or(f64::NAN),
+                    fmt(p["peak_rss_mb"].as_f64(), 0),
+                    ""
+                ),
+                None => println!(
+                    "{:<28} {:>8} {:>10}",
+                    format!("pytorch ({label})"),
+                    threads,
+                    "unavailable (python3 -c 'import torch' failed)"
+                ),
+            }
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "edgeclr": {"threads": 1, "steps_per_sec": self.ours, "peak_rss_mb": self.ours_rss},
+            "torch": self.peers.iter().map(|(t, p)| serde_json::json!({"threads": t, "result": p})).collect::<Vec<_>>(),
+            "ratio_vs_torch_1_thread": self.torch1().map(|t| self.ours / t),
+        })
+    }
+}
+
 fn main() {
+    let tail = std::env::args().any(|a| a == "--tail");
+    let mode = if tail { Mode::TailHead } else { Mode::HeadOnly };
     if let Some(steps) = arg("--rss-only") {
         let steps = steps.parse().unwrap_or(20);
-        time_head_only(steps, 0);
+        time_step(mode, steps, 0);
         println!("RSS_MB {}", edgeclr::rss::peak_rss_mib());
         return;
     }
     let steps: usize = arg("--steps").and_then(|s| s.parse().ok()).unwrap_or(50);
-    let ours = time_head_only(steps, 5);
-    let ours_rss = own_rss(steps);
-    let peers: Vec<(usize, Option<serde_json::Value>)> =
-        [1, 2].iter().map(|&t| (t, torch_peer(steps, t))).collect();
+    let head = Row::measure(Mode::HeadOnly, steps);
+    let tail = Row::measure(Mode::TailHead, steps);
 
     println!(
-        "edgeclr adapt benchmark: head-only step, batch {BATCH}, {DIM}-d → adapter 128 → head 512 → 128, \
-         InfoNCE + MoCo bank {BANK}, AdamW ({steps} steps)"
+        "edgeclr adapt benchmark: batch {BATCH}, {DIM}-d → adapter 128 → head 512 → 128, \
+         InfoNCE + MoCo bank {BANK}, AdamW ({steps} steps); tail + head adds MobileNetV2's \
+         1×1 conv 320→1280 + ReLU6 + pool on 320×7×7 cut tensors"
     );
     println!(
         "{:<28} {:>8} {:>10} {:>14} {:>10}",
         "runtime", "threads", "steps/s", "peak RSS MB", "vs torch"
     );
-    let torch1 = peers[0]
-        .1
-        .as_ref()
-        .and_then(|p| p["steps_per_sec"].as_f64());
-    let fmt = |v: Option<f64>, p: usize| v.map_or("-".into(), |v| format!("{v:.p$}"));
-    println!(
-        "{:<28} {:>8} {:>10.1} {:>14} {:>10}",
-        "edgeclr (head-only)",
-        1,
-        ours,
-        fmt(ours_rss, 0),
-        fmt(torch1.map(|t| ours / t), 2)
-    );
-    for (threads, peer) in &peers {
-        match peer {
-            Some(p) => println!(
-                "{:<28} {:>8} {:>10.1} {:>14} {:>10}",
-                "pytorch (head-only)",
-                threads,
-                p["steps_per_sec"].as_f64().unwrap_or(f64::NAN),
-                fmt(p["peak_rss_mb"].as_f64(), 0),
-                ""
-            ),
-            None => println!(
-                "{:<28} {:>8} {:>10}",
-                "pytorch (head-only)", threads, "unavailable (python3 -c 'import torch' failed)"
-            ),
-        }
-    }
-    // TODO(tail): a "tail + head" row (last 1×1 conv 320→1280 + ReLU6 + pool
-    // trainable) once the trainable tail layers land in adapt::tail, with the
-    // matching step in peer_torch_adapt.py (--tail).
-    println!(
-        "{:<28} {:>8} {:>10}",
-        "edgeclr (tail + head)", "-", "not measured yet (tail layers not on main)"
-    );
+    head.print();
+    tail.print();
 
     let json = serde_json::json!({
         "batch": BATCH, "dim": DIM, "bank": BANK, "steps": steps,
-        "edgeclr_head_only": {"threads": 1, "steps_per_sec": ours, "peak_rss_mb": ours_rss},
-        "torch_head_only": peers.iter().map(|(t, p)| serde_json::json!({"threads": t, "result": p})).collect::<Vec<_>>(),
-        "ratio_vs_torch_1_thread": torch1.map(|t| ours / t),
+        "head_only": head.json(),
+        "tail_head": tail.json(),
     });
     let path = repo("target/bench-adapt.json");
     let written = std::fs::create_dir_all(repo("target")).and_then(|()| {

@@ -1,11 +1,18 @@
 #!/usr/bin/env python3
-"""The peer of benches/adapt.rs: the same head-only MoCo step in PyTorch on CPU.
+"""The peer of benches/adapt.rs: the same MoCo step in PyTorch on CPU.
 
 One step: q = head(adapter(x1)); k = head_ema(adapter_ema(x2)) without grad;
 logits [q·k⁺, q·queue]/τ on L2-normalised rows; cross-entropy on the
 positive; backward; AdamW; EMA update of adapter + head; enqueue k.
 adapter(x) = x + up(relu(down(x))), head(x) = fc2(relu(fc1(x))), as in
 runtime/src/adapt/layers.rs. Prints one JSON line: steps/s and peak RSS.
+
+--tail: the inputs are the flattened cut tensor of MobileNetV2 ([B, 320·7·7],
+channel-major as the ONNX trunk outputs it) and the net first runs the
+trainable tail of runtime/src/adapt/tail.rs: the 1×1 conv 320→1280 + bias as
+one matmul over all B·49 pixels, ReLU6 (clamp 0..6), global average pool;
+then the same adapter + head. The tail's weights are trained and EMA-copied
+with the rest, exactly as in the head-only mode.
 """
 import argparse, json, resource, time
 
@@ -25,6 +32,10 @@ def main():
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tail", action="store_true",
+                    help="train the 1x1 conv + ReLU6 + pool tail too")
+    ap.add_argument("--channels", type=int, default=320)
+    ap.add_argument("--pixels", type=int, default=49)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -38,8 +49,16 @@ def main():
             torch.nn.init.zeros_(self.up.bias)
             self.fc1 = torch.nn.Linear(a.dim, a.hidden)
             self.fc2 = torch.nn.Linear(a.hidden, a.out)
+            if a.tail:
+                # 1x1 conv 320->1280 with its bias, held as a Linear.
+                self.conv = torch.nn.Linear(a.channels, a.dim)
 
         def forward(self, x):
+            if a.tail:
+                # [B, C*S] channel-major -> [B, S, C]; one matmul for all pixels.
+                x = x.view(-1, a.channels, a.pixels).transpose(1, 2)
+                x = F.linear(x, self.conv.weight, self.conv.bias)
+                x = x.clamp(0.0, 6.0).mean(1)
             x = x + self.up(F.relu(self.down(x)))
             return self.fc2(F.relu(self.fc1(x)))
 
@@ -50,8 +69,9 @@ def main():
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
     queue = F.normalize(torch.randn(a.bank, a.out), dim=1)
     ptr = 0
-    x1 = torch.randn(a.batch, a.dim)
-    x2 = x1 + 0.1 * torch.randn(a.batch, a.dim)
+    width = a.channels * a.pixels if a.tail else a.dim
+    x1 = torch.randn(a.batch, width)
+    x2 = x1 + 0.1 * torch.randn(a.batch, width)
 
     def step():
         nonlocal queue, ptr
@@ -80,7 +100,8 @@ def main():
     dt = time.perf_counter() - t
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(json.dumps({"steps_per_sec": a.steps / dt, "peak_rss_mb": rss_mb,
-                      "threads": a.threads, "torch": torch.__version__}))
+                      "threads": a.threads, "tail": a.tail,
+                      "torch": torch.__version__}))
 
 
 if __name__ == "__main__":
