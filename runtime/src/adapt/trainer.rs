@@ -350,61 +350,76 @@ impl Trainer {
         x1: ArrayView2<f32>,
         x2: ArrayView2<f32>,
     ) -> Result<StepReport, TrainError> {
-        let (a1, ac1, tc1) = self.forward(&self.params, x1)?;
-        let (a2, ac2, tc2) = self.forward(&self.params, x2)?;
-        let (z1, hc1) = mlp_forward(&self.params, "head", a1.view())?;
-        let (z2, hc2) = mlp_forward(&self.params, "head", a2.view())?;
         let moco_keys = match (&self.bank, self.objective) {
             (Some(_), Objective::Infonce { .. }) => Some(self.ema_keys(x2)?),
             _ => None,
         };
+        // With a non-empty bank, MoCo's loss reads only the queries of view 1
+        // (view 2 enters as the momentum encoder's keys), so the online
+        // network neither runs nor backpropagates view 2: with a trainable
+        // tail that saves two of the step's five large matmuls.
+        let bank_loss = match (&self.bank, &moco_keys, self.objective) {
+            (Some(bank), Some(keys), Objective::Infonce { tau }) if !bank.is_empty() => {
+                Some((bank, keys, tau))
+            }
+            _ => None,
+        };
+        let (a1, ac1, tc1) = self.forward(&self.params, x1)?;
+        let (z1, hc1) = mlp_forward(&self.params, "head", a1.view())?;
         let mut grads = Params::new();
-        let (value, dz1, dz2) = match self.objective {
-            Objective::Infonce { tau } => match (&self.bank, &moco_keys) {
-                (Some(bank), Some(keys)) if !bank.is_empty() => {
-                    let out = loss::infonce_bank(z1.view(), keys.view(), bank.negatives(), tau)?;
-                    (out.value, out.grad, Array2::zeros(z2.raw_dim()))
-                }
-                _ => {
-                    let out = loss::nt_xent(z1.view(), z2.view(), tau)?;
-                    (out.value, out.grad_z1, out.grad_z2)
-                }
-            },
-            Objective::AlignUniform { lambda, t } => {
-                let out = loss::align_uniform(z1.view(), z2.view(), lambda, t)?;
-                (out.value, out.grad_z1, out.grad_z2)
+        let (value, dz1, view2) = match bank_loss {
+            Some((bank, keys, tau)) => {
+                let out = loss::infonce_bank(z1.view(), keys.view(), bank.negatives(), tau)?;
+                (out.value, out.grad, None)
             }
-            Objective::Spectral { mu } => {
-                let out = loss::spectral(z1.view(), z2.view(), mu)?;
-                (out.value, out.grad_z1, out.grad_z2)
-            }
-            Objective::Sigmoid => {
-                let sp = SigmoidParams {
-                    t_prime: f64::from(self.params.get("loss.t_prime")?[[0]]),
-                    bias: f64::from(self.params.get("loss.bias")?[[0]]),
+            None => {
+                let (a2, ac2, tc2) = self.forward(&self.params, x2)?;
+                let (z2, hc2) = mlp_forward(&self.params, "head", a2.view())?;
+                let (value, dz1, dz2) = match self.objective {
+                    Objective::Infonce { tau } => {
+                        let out = loss::nt_xent(z1.view(), z2.view(), tau)?;
+                        (out.value, out.grad_z1, out.grad_z2)
+                    }
+                    Objective::AlignUniform { lambda, t } => {
+                        let out = loss::align_uniform(z1.view(), z2.view(), lambda, t)?;
+                        (out.value, out.grad_z1, out.grad_z2)
+                    }
+                    Objective::Spectral { mu } => {
+                        let out = loss::spectral(z1.view(), z2.view(), mu)?;
+                        (out.value, out.grad_z1, out.grad_z2)
+                    }
+                    Objective::Sigmoid => {
+                        let sp = SigmoidParams {
+                            t_prime: f64::from(self.params.get("loss.t_prime")?[[0]]),
+                            bias: f64::from(self.params.get("loss.bias")?[[0]]),
+                        };
+                        let out = loss::sigmoid_loss(z1.view(), z2.view(), sp)?;
+                        grads.insert(
+                            "loss.t_prime",
+                            ArrayD::from_elem(vec![1], out.grad_t_prime as f32),
+                        );
+                        grads.insert(
+                            "loss.bias",
+                            ArrayD::from_elem(vec![1], out.grad_bias as f32),
+                        );
+                        (out.value, out.grad_z1, out.grad_z2)
+                    }
+                    Objective::Byol => {
+                        let (p1, pc1) = mlp_forward(&self.params, "predictor", z1.view())?;
+                        let (p2, pc2) = mlp_forward(&self.params, "predictor", z2.view())?;
+                        let t1 = self.ema_keys(x1)?;
+                        let t2 = self.ema_keys(x2)?;
+                        let out = loss::byol_symmetric(p1.view(), p2.view(), t1.view(), t2.view())?;
+                        let (dz1, g1) =
+                            mlp_backward(&self.params, "predictor", &pc1, out.grad_p1.view())?;
+                        let (dz2, g2) =
+                            mlp_backward(&self.params, "predictor", &pc2, out.grad_p2.view())?;
+                        grads.accumulate(g1)?;
+                        grads.accumulate(g2)?;
+                        (out.value, dz1, dz2)
+                    }
                 };
-                let out = loss::sigmoid_loss(z1.view(), z2.view(), sp)?;
-                grads.insert(
-                    "loss.t_prime",
-                    ArrayD::from_elem(vec![1], out.grad_t_prime as f32),
-                );
-                grads.insert(
-                    "loss.bias",
-                    ArrayD::from_elem(vec![1], out.grad_bias as f32),
-                );
-                (out.value, out.grad_z1, out.grad_z2)
-            }
-            Objective::Byol => {
-                let (p1, pc1) = mlp_forward(&self.params, "predictor", z1.view())?;
-                let (p2, pc2) = mlp_forward(&self.params, "predictor", z2.view())?;
-                let t1 = self.ema_keys(x1)?;
-                let t2 = self.ema_keys(x2)?;
-                let out = loss::byol_symmetric(p1.view(), p2.view(), t1.view(), t2.view())?;
-                let (dz1, g1) = mlp_backward(&self.params, "predictor", &pc1, out.grad_p1.view())?;
-                let (dz2, g2) = mlp_backward(&self.params, "predictor", &pc2, out.grad_p2.view())?;
-                grads.accumulate(g1)?;
-                grads.accumulate(g2)?;
-                (out.value, dz1, dz2)
+                (value, dz1, Some((dz2, hc2, ac2, tc2)))
             }
         };
         if !value.is_finite() {
@@ -413,7 +428,11 @@ impl Trainer {
                 what: "the loss".into(),
             });
         }
-        for (hc, ac, tc, dz) in [(&hc1, &ac1, &tc1, &dz1), (&hc2, &ac2, &tc2, &dz2)] {
+        let mut backward = vec![(&hc1, &ac1, &tc1, &dz1)];
+        if let Some((dz2, hc2, ac2, tc2)) = &view2 {
+            backward.push((hc2, ac2, tc2, dz2));
+        }
+        for (hc, ac, tc, dz) in backward {
             let (da, gh) = mlp_backward(&self.params, "head", hc, dz.view())?;
             let (dx, ga) = adapter_backward(&self.params, ac, da.view())?;
             grads.accumulate(gh)?;
