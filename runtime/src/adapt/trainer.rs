@@ -492,6 +492,12 @@ impl Trainer {
         cache: &ViewCache,
         mut on_step: impl FnMut(&StepReport),
     ) -> Result<f64, TrainError> {
+        if cache.num_views() < 2 {
+            return Err(TrainError::Config(format!(
+                "training needs at least two views per image, the cache has {}",
+                cache.num_views()
+            )));
+        }
         let mut total = 0.0;
         let mut steps = 0;
         for batch in self.epoch_batches(cache.len()) {
@@ -660,9 +666,9 @@ impl ViewCacheBuilder {
             .map(join)
             .collect::<Result<Vec<_>, _>>()?;
         let dims: Vec<_> = views.iter().map(ViewStore::dim).collect();
-        if dims.len() < 2 || dims.iter().any(|d| *d != dims[0]) {
+        if dims.is_empty() || dims.iter().any(|d| *d != dims[0]) {
             return Err(TrainError::Config(format!(
-                "a view cache needs at least two views of equal shape, got {dims:?}"
+                "a view cache needs views of equal shape, got {dims:?}"
             )));
         }
         Ok(ViewCache {
