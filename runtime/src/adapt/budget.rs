@@ -23,35 +23,11 @@
 //! a multiple). If nothing fits it refuses with the smallest estimate it
 //! reached, so the user knows how much memory the run needs.
 
+use super::trainer::Precision;
 use std::fmt;
 
 /// Bytes in a MiB, the unit of `--memory-budget`.
 pub const MIB: u64 = 1 << 20;
-
-/// Precision of the stored view cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CachePrecision {
-    F32,
-    F16,
-}
-
-impl CachePrecision {
-    fn bytes(self) -> u64 {
-        match self {
-            CachePrecision::F32 => 4,
-            CachePrecision::F16 => 2,
-        }
-    }
-}
-
-impl fmt::Display for CachePrecision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            CachePrecision::F32 => "f32",
-            CachePrecision::F16 => "f16",
-        })
-    }
-}
 
 /// What the run will hold, as the CLI's flags and data say.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,7 +47,7 @@ pub struct RunShape {
     pub predictor: bool,
     /// Size of the ONNX file on disk.
     pub model_file_bytes: u64,
-    pub precision: CachePrecision,
+    pub precision: Precision,
 }
 
 /// Calibration of the parts that are not plain buffers.
@@ -159,7 +135,7 @@ pub fn estimate(shape: &RunShape, cal: &Calibration) -> Estimate {
     }
     Estimate {
         encoder: (cal.model_overhead * shape.model_file_bytes as f64) as u64 + cal.runtime_base,
-        cache: n * u(shape.views) * d * shape.precision.bytes(),
+        cache: n * u(shape.views) * d * shape.precision.bytes() as u64,
         cache_build: n * d * f32b,
         diagnostics: 4 * n * d * f32b,
         validation: 3 * u(shape.val_images) * d * f32b,
@@ -250,8 +226,8 @@ pub fn plan(
     let mut shape = requested.clone();
     let mut changes = Vec::new();
     let fits = |s: &RunShape| estimate(s, cal).total() <= budget;
-    if !fits(&shape) && limits.allow_f16 && shape.precision == CachePrecision::F32 {
-        shape.precision = CachePrecision::F16;
+    if !fits(&shape) && limits.allow_f16 && shape.precision == Precision::F32 {
+        shape.precision = Precision::F16;
         changes.push("view cache f32 → f16".to_string());
     }
     let bank_before = shape.bank;
@@ -309,7 +285,7 @@ mod tests {
             head_out: 128,
             predictor: false,
             model_file_bytes: 14 * MIB,
-            precision: CachePrecision::F32,
+            precision: Precision::F32,
         }
     }
 
@@ -322,7 +298,7 @@ mod tests {
         let e32 = estimate(&shape(1000), &cal());
         assert_eq!(e32.cache, 1000 * 2 * 1280 * 4);
         let mut s = shape(1000);
-        s.precision = CachePrecision::F16;
+        s.precision = Precision::F16;
         let e16 = estimate(&s, &cal());
         assert_eq!(e16.cache * 2, e32.cache);
         assert_eq!(e32.total() - e16.total(), e16.cache);
@@ -343,7 +319,7 @@ mod tests {
         let full = estimate(&s, &cal()).total();
         // Just below the f32 estimate: halving the cache alone is enough.
         let p = plan(&s, full - MIB, &PlanLimits::default(), &cal()).unwrap();
-        assert_eq!(p.shape.precision, CachePrecision::F16);
+        assert_eq!(p.shape.precision, Precision::F16);
         assert_eq!((p.shape.bank, p.shape.batch), (4096, 64));
         assert!(p.estimate.total() <= full - MIB);
     }
@@ -361,7 +337,7 @@ mod tests {
         let budget = estimate(&smaller_bank, &cal()).total();
         assert!(budget < full);
         let p = plan(&s, budget, &limits, &cal()).unwrap();
-        assert_eq!(p.shape.precision, CachePrecision::F32);
+        assert_eq!(p.shape.precision, Precision::F32);
         assert_eq!(p.shape.bank, 1024);
         assert_eq!(p.shape.batch, 64);
         assert_eq!(p.shape.bank % p.shape.batch, 0);

@@ -490,7 +490,7 @@ impl Trainer {
     pub fn train_epoch(
         &mut self,
         cache: &ViewCache,
-        mut on_step: impl FnMut(&StepReport),
+        on_step: impl FnMut(&StepReport),
     ) -> Result<f64, TrainError> {
         if cache.num_views() < 2 {
             return Err(TrainError::Config(format!(
@@ -498,20 +498,11 @@ impl Trainer {
                 cache.num_views()
             )));
         }
-        let mut total = 0.0;
-        let mut steps = 0;
-        for batch in self.epoch_batches(cache.len()) {
-            let (x1, x2) = cache.pair(&batch, &mut self.rng);
-            let report = self.train_step(x1.view(), x2.view())?;
-            total += report.loss;
-            steps += 1;
-            on_step(&report);
-        }
-        Ok(if steps == 0 {
-            f64::NAN
-        } else {
-            total / steps as f64
-        })
+        self.run_epoch(
+            cache.len(),
+            |batch, rng| Ok::<_, TrainError>(cache.pair(batch, rng)),
+            on_step,
+        )
     }
 
     /// One pass over `n` images in streaming mode: `views(batch)` returns
@@ -521,12 +512,24 @@ impl Trainer {
         &mut self,
         n: usize,
         mut views: impl FnMut(&[usize]) -> Result<(Array2<f32>, Array2<f32>), E>,
+        on_step: impl FnMut(&StepReport),
+    ) -> Result<f64, E> {
+        self.run_epoch(n, |batch, _| views(batch), on_step)
+    }
+
+    /// The loop both epoch kinds share: shuffled batches of `n` images, two
+    /// views of each batch from `views` (which may draw from the trainer's
+    /// RNG), one step each; the mean loss (NaN for an epoch with no step).
+    fn run_epoch<E: From<TrainError>>(
+        &mut self,
+        n: usize,
+        mut views: impl FnMut(&[usize], &mut ChaCha8Rng) -> Result<(Array2<f32>, Array2<f32>), E>,
         mut on_step: impl FnMut(&StepReport),
     ) -> Result<f64, E> {
         let mut total = 0.0;
         let mut steps = 0;
         for batch in self.epoch_batches(n) {
-            let (x1, x2) = views(&batch)?;
+            let (x1, x2) = views(&batch, &mut self.rng)?;
             let report = self.train_step(x1.view(), x2.view())?;
             total += report.loss;
             steps += 1;
@@ -555,6 +558,16 @@ pub enum Precision {
     F16,
     #[default]
     F32,
+}
+
+impl Precision {
+    /// Bytes per stored value.
+    pub fn bytes(self) -> usize {
+        match self {
+            Precision::F16 => 2,
+            Precision::F32 => 4,
+        }
+    }
 }
 
 impl std::str::FromStr for Precision {

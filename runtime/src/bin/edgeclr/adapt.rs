@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use edgeclr::adapt::budget::{CachePrecision, RunShape};
+use edgeclr::adapt::budget::RunShape;
 use edgeclr::adapt::checkpoint::Checkpoint;
 use edgeclr::adapt::export::export_adapted;
 use edgeclr::adapt::tail::{load_tail, write_trunk, TailChoice};
@@ -306,9 +306,7 @@ pub fn run(mut args: Args) -> Result<()> {
     let allow_f16 = args.cache_precision.is_none();
     if let Some(plan) = super::memory::plan(shape, args.memory_budget, allow_f16)? {
         (args.bank_size, args.batch_size) = (plan.bank, plan.batch);
-        if plan.precision == CachePrecision::F16 {
-            precision = Precision::F16;
-        }
+        precision = plan.precision;
     }
     let config = AdaptConfig {
         loss: args.loss.clone(),
@@ -656,9 +654,6 @@ fn memory_shape(
         head_out: defaults.head_out,
         predictor: args.loss.starts_with("byol"),
         model_file_bytes: std::fs::metadata(&manifest.onnx).map_or(0, |m| m.len()),
-        precision: match precision {
-            Precision::F16 => CachePrecision::F16,
-            Precision::F32 => CachePrecision::F32,
-        },
+        precision,
     })
 }
