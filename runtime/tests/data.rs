@@ -3,7 +3,7 @@
 mod common;
 
 use common::repo;
-use edgeclr::data::{read_idx, Dataset};
+use edgeclr::data::{find_duplicates, read_idx, Dataset};
 use edgeclr::store::{EmbeddingMeta, EmbeddingSet};
 use ndarray::Array2;
 
@@ -77,6 +77,47 @@ fn embedding_set_round_trips_through_npy() {
     assert!(
         !dir.join("emb.npy.tmp").exists(),
         "no temporary file left behind"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn duplicates_are_counted_by_content_not_by_name() {
+    // The shipped IDX sample holds 1000 distinct images.
+    let idx = Dataset::open(&repo("data/fashion-mnist"), Some("train")).unwrap();
+    let report = find_duplicates(&idx, 1000).unwrap();
+    assert_eq!(
+        (report.images, report.distinct, report.largest_group),
+        (1000, 1000, 1)
+    );
+    assert!(!report.all_identical());
+
+    // A folder of one picture under six names, then with one other picture.
+    let dir = std::env::temp_dir().join(format!("edgeclr-dups-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let bag = repo("data/fashion-folder/Bag/000.png");
+    for i in 0..6 {
+        std::fs::copy(&bag, dir.join(format!("{i}.png"))).unwrap();
+    }
+    let same = find_duplicates(&Dataset::open(&dir, None).unwrap(), 100).unwrap();
+    assert_eq!((same.images, same.distinct, same.largest_group), (6, 1, 6));
+    assert!(same.all_identical());
+    assert_eq!(same.duplicates(), 5);
+    std::fs::copy(
+        repo("data/fashion-folder/Sneaker/000.png"),
+        dir.join("9.png"),
+    )
+    .unwrap();
+    let mixed = find_duplicates(&Dataset::open(&dir, None).unwrap(), 100).unwrap();
+    assert_eq!((mixed.distinct, mixed.largest_group), (2, 6));
+    assert!(!mixed.all_identical());
+    // `n` limits the count to the first images.
+    assert_eq!(
+        find_duplicates(&Dataset::open(&dir, None).unwrap(), 1)
+            .unwrap()
+            .images,
+        1
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

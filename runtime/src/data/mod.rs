@@ -3,6 +3,7 @@
 //! time, so a folder of thousands of photos never sits in memory at once.
 
 mod decode;
+mod duplicates;
 mod folder;
 mod idx;
 
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use image::RgbImage;
 
 pub use decode::{decode_image, decode_image_bytes, DecodeLimits};
+pub use duplicates::{find_duplicates, DuplicateReport};
 pub use folder::ImageFolder;
 pub use idx::{read_idx, IdxArray, IdxDataset};
 

@@ -16,7 +16,7 @@ use edgeclr::adapt::trainer::{
 };
 use edgeclr::augment::{AugmentConfig, Augmenter};
 use edgeclr::backend::load_encoder;
-use edgeclr::data::Dataset;
+use edgeclr::data::{find_duplicates, Dataset};
 use edgeclr::embed::{embed_dataset, embed_images, EmbedOptions};
 use edgeclr::metrics::Diagnostics;
 use edgeclr::probe::{KnnHead, LinearProbe, LinearProbeConfig};
@@ -170,6 +170,31 @@ fn load_val(encoder: &mut dyn Encoder, dir: &Path) -> Result<Val> {
     })
 }
 
+/// Refuses a training set of copies of one image (no negatives: adaptation
+/// could only collapse the encoder) and warns when copies make up half of it
+/// (false negatives in every batch and in the memory bank).
+fn check_duplicates(data: &Dataset, n: usize) -> Result<()> {
+    let report = find_duplicates(data, n).context("checking the training images for copies")?;
+    if report.all_identical() {
+        bail!(
+            "all {} training images are the same picture: contrastive adaptation learns by telling \
+             images apart, so it has nothing to learn and would only collapse the encoder",
+            report.images
+        );
+    }
+    if report.duplicates() * 2 >= report.images {
+        eprintln!(
+            "warning: {} of {} training images repeat another one ({} distinct, the most repeated {}×); \
+             copies act as false negatives",
+            report.duplicates(),
+            report.images,
+            report.distinct,
+            report.largest_group
+        );
+    }
+    Ok(())
+}
+
 /// Draws augmented views and runs them through the frozen trunk.
 struct ViewMaker {
     preprocessor: Preprocessor,
@@ -272,6 +297,7 @@ pub fn run(mut args: Args) -> Result<()> {
     let data = Dataset::open(&args.images, Some("train"))
         .with_context(|| format!("opening {}", args.images.display()))?;
     let n = args.limit.map_or(data.len(), |l| l.min(data.len()));
+    check_duplicates(&data, n)?;
     let manifest = args.model.manifest()?;
     // With tail layers the backend runs the trunk (the model cut below them),
     // and the views hold the cut tensor.
