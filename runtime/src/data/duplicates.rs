@@ -7,7 +7,7 @@
 //! memory bank into false negatives. Augmentation hides this from the
 //! diagnostics: two crops of one picture still differ, so the effective rank
 //! of the views stays healthy while there is nothing to learn. Hence a check
-//! on the pixels, before any encoder time is spent.
+//! on the stored bytes, before any encoder time is spent.
 
 use std::collections::HashMap;
 
@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::{DataError, Dataset};
 
-/// How many of a set's images are pixel-for-pixel distinct.
+/// How many of a set's images are distinct as stored (file bytes or IDX pixels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DuplicateReport {
     /// Images looked at.
@@ -49,9 +49,10 @@ pub fn find_duplicates(data: &Dataset, n: usize) -> Result<DuplicateReport, Data
     for index in 0..n {
         let digest: [u8; 32] = match data {
             Dataset::Folder(folder) => {
-                let path = folder
-                    .path(index)
-                    .ok_or(DataError::OutOfRange { index, len: n })?;
+                let path = folder.path(index).ok_or(DataError::OutOfRange {
+                    index,
+                    len: data.len(),
+                })?;
                 let bytes = std::fs::read(path).map_err(|source| DataError::Io {
                     path: path.to_path_buf(),
                     source,
