@@ -13,7 +13,7 @@
  * second class from it. Exit status 0 means every check passed.
  *
  * Build (see ci/check_capi):
- *   gcc -std=c11 -Wall -Wextra -Werror -I runtime/include examples/c/edgeclr_example.c \
+ *   gcc -std=c11 -Wall -Wextra -Werror -I runtime/capi/include examples/c/edgeclr_example.c \
  *       -L target/release -ledgeclr -Wl,-rpath,target/release -lpthread -lm
  */
 #define _POSIX_C_SOURCE 200809L

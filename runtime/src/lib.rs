@@ -11,7 +11,8 @@
 //! The examples below run as doc tests (`cargo test --release --doc`) on the
 //! shipped MobileNetV2 and photos; paths are built from `CARGO_MANIFEST_DIR`
 //! only so that they run from any directory. C programs use the same library
-//! through [`capi`] (`runtime/include/edgeclr.h`).
+//! through the C ABI crate, `edgeclr-capi` (`runtime/capi/`; header
+//! `runtime/capi/include/edgeclr.h`), built as `libedgeclr.so` and `libedgeclr.a`.
 //!
 //! # Load a model and embed an image
 //!
@@ -156,7 +157,6 @@ pub mod adapt;
 pub mod atomic;
 pub mod augment;
 pub mod backend;
-pub mod capi;
 pub mod data;
 pub mod display;
 pub mod embed;

@@ -1,6 +1,7 @@
 //! The default backend: tract, a pure-Rust ONNX runtime (nothing to install on
 //! the board, cross-compiles anywhere rustc does).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -280,17 +281,46 @@ impl Encoder for TractEncoder {
     }
 }
 
+thread_local! {
+    /// How deep this thread is in [`catch_tract_panic`] calls.
+    static GUARDED_DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Whether the current thread is inside a call into tract that edgeclr
+/// guards against tract's own panics (loading, optimising and planning a
+/// model, shape inference).
+///
+/// With `panic = "unwind"` such a panic is caught and returned as
+/// [`ModelError::Backend`]. A `panic = "abort"` build (the size-optimised
+/// board artefact, `dist` profile) cannot catch it, so its panic hook asks
+/// this and, when true, reports [`tract_panic_error`] and exits with an error
+/// instead of aborting: a hostile model still gets a clear error.
+pub fn in_guarded_tract_call() -> bool {
+    GUARDED_DEPTH.with(|d| d.get() > 0)
+}
+
+/// The error a panic inside a guarded tract call stands for; `what` is the
+/// panic's message.
+pub fn tract_panic_error(what: &str) -> ModelError {
+    backend_err(format!(
+        "tract failed on this model (internal assertion: {what})"
+    ))
+}
+
 /// Runs `f`, turning a panic inside tract into [`ModelError::Backend`].
 fn catch_tract_panic<T>(f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, ModelError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+    // catch_unwind always returns here (or, with panic = "abort", the process
+    // ends in the panic hook), so the depth is restored on every path.
+    GUARDED_DEPTH.with(|d| d.set(d.get() + 1));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED_DEPTH.with(|d| d.set(d.get() - 1));
+    result.unwrap_or_else(|payload| {
         let what = payload
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
-        Err(backend_err(format!(
-            "tract failed on this model (internal assertion: {what})"
-        )))
+        Err(tract_panic_error(&what))
     })
 }
 

@@ -16,6 +16,7 @@ mod watch;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use edgeclr::backend as tract;
 
 /// Contrastive representation learning at the edge.
 ///
@@ -81,8 +82,33 @@ fn reset_sigpipe() {
 #[cfg(not(unix))]
 fn reset_sigpipe() {}
 
+/// A panic inside a guarded tract call (a malformed model; see
+/// `edgeclr::backend::tract::in_guarded_tract_call`) is a model error, not a
+/// crash. With `panic = "unwind"` the library catches it and returns the
+/// error, so the hook only keeps the default "thread 'main' panicked" text off
+/// the terminal. With `panic = "abort"` (the size-optimised board artefact)
+/// nothing can catch it, so the hook prints the same error line the caught
+/// error would give and exits with status 1 before the abort.
+fn install_panic_hook() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !tract::in_guarded_tract_call() {
+            return default_hook(info);
+        }
+        if cfg!(panic = "abort") {
+            let what = info.payload_as_str().unwrap_or("unknown panic");
+            eprintln!(
+                "error: loading the model: {}",
+                tract::tract_panic_error(what)
+            );
+            std::process::exit(1);
+        }
+    }));
+}
+
 fn main() -> ExitCode {
     reset_sigpipe();
+    install_panic_hook();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),

@@ -17,9 +17,9 @@ use super::args::{
 use super::model::{manifest_of, EdgeclrModel};
 use super::registry;
 use super::status::{guard, EdgeclrStatus, FfiError};
-use crate::adapt::checkpoint::Checkpoint;
-use crate::adapt::trainer::{AdaptConfig, Trainer};
-use crate::Manifest;
+use edgeclr::adapt::checkpoint::Checkpoint;
+use edgeclr::adapt::trainer::{AdaptConfig, Trainer};
+use edgeclr::Manifest;
 
 pub(crate) const KIND: &str = "trainer";
 

@@ -12,7 +12,7 @@ use ndarray::ArrayView2;
 use super::args::{copy_string_out, expect_len, opt_out_arg, out_arg, slice_arg, str_arg};
 use super::registry;
 use super::status::{guard, EdgeclrStatus, FfiError};
-use crate::probe::{KnnHead, LinearProbe};
+use edgeclr::probe::{KnnHead, LinearProbe};
 
 pub(crate) const KNN: &str = "k-NN head";
 pub(crate) const PROBE: &str = "linear probe";

@@ -7,9 +7,9 @@ use image::RgbImage;
 use super::args::{expect_len, out_arg, slice_arg, slice_mut_arg, str_arg};
 use super::registry;
 use super::status::{guard, EdgeclrStatus, FfiError};
-use crate::backend::{Encoder, LoadOptions, TractEncoder};
-use crate::embed::embed_images;
-use crate::{Manifest, Preprocessor};
+use edgeclr::backend::{Encoder, LoadOptions, TractEncoder};
+use edgeclr::embed::embed_images;
+use edgeclr::{Manifest, Preprocessor};
 
 pub(crate) const KIND: &str = "model";
 

@@ -9,7 +9,7 @@ use super::*;
 
 const MODEL: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../models/mobilenet_v2/manifest.toml"
+    "/../../models/mobilenet_v2/manifest.toml"
 );
 
 fn cstr(s: &str) -> CString {

@@ -102,15 +102,15 @@ impl FfiError {
 
 /// Maps each library error to the status a C caller can branch on; the
 /// message keeps the library's full explanation.
-impl From<crate::Error> for FfiError {
-    fn from(e: crate::Error) -> Self {
-        use crate::Error as E;
+impl From<edgeclr::Error> for FfiError {
+    fn from(e: edgeclr::Error) -> Self {
+        use edgeclr::Error as E;
         let status = match &e {
             E::Manifest(_) | E::Model(_) | E::Preprocess(_) | E::Export(_) => EdgeclrStatus::Model,
             E::Data(_) | E::Store(_) => EdgeclrStatus::Io,
             E::Probe(p) => return p_status(p, e.to_string()),
             E::Metrics(_) | E::Augment(_) | E::Train(_) => EdgeclrStatus::Train,
-            E::Checkpoint(crate::adapt::checkpoint::CheckpointError::Io { .. }) => {
+            E::Checkpoint(edgeclr::adapt::checkpoint::CheckpointError::Io { .. }) => {
                 EdgeclrStatus::Io
             }
             E::Checkpoint(_) => EdgeclrStatus::Checkpoint,
@@ -119,8 +119,8 @@ impl From<crate::Error> for FfiError {
     }
 }
 
-fn p_status(p: &crate::probe::ProbeError, message: String) -> FfiError {
-    use crate::probe::ProbeError as P;
+fn p_status(p: &edgeclr::probe::ProbeError, message: String) -> FfiError {
+    use edgeclr::probe::ProbeError as P;
     let status = match p {
         P::Io { .. } => EdgeclrStatus::Io,
         P::DimMismatch { .. } => EdgeclrStatus::BufferSize,
@@ -129,23 +129,23 @@ fn p_status(p: &crate::probe::ProbeError, message: String) -> FfiError {
     FfiError::new(status, message)
 }
 
-/// Lets `?` convert every module error through [`crate::Error`].
+/// Lets `?` convert every module error through [`edgeclr::Error`].
 macro_rules! via_crate_error {
     ($($t:ty),*) => {$(
         impl From<$t> for FfiError {
             fn from(e: $t) -> Self {
-                crate::Error::from(e).into()
+                edgeclr::Error::from(e).into()
             }
         }
     )*};
 }
 via_crate_error!(
-    crate::manifest::ManifestError,
-    crate::backend::ModelError,
-    crate::preprocess::PreprocessError,
-    crate::probe::ProbeError,
-    crate::adapt::trainer::TrainError,
-    crate::adapt::checkpoint::CheckpointError
+    edgeclr::manifest::ManifestError,
+    edgeclr::backend::ModelError,
+    edgeclr::preprocess::PreprocessError,
+    edgeclr::probe::ProbeError,
+    edgeclr::adapt::trainer::TrainError,
+    edgeclr::adapt::checkpoint::CheckpointError
 );
 
 thread_local! {
