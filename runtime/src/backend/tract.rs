@@ -300,8 +300,9 @@ pub fn in_guarded_tract_call() -> bool {
 }
 
 /// The error a panic inside a guarded tract call stands for; `what` is the
-/// panic's message.
-pub fn tract_panic_error(what: &str) -> ModelError {
+/// panic's message, when it has one.
+pub fn tract_panic_error(what: Option<&str>) -> ModelError {
+    let what = what.unwrap_or("unknown panic");
     backend_err(format!(
         "tract failed on this model (internal assertion: {what})"
     ))
@@ -317,10 +318,9 @@ fn catch_tract_panic<T>(f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, 
     result.unwrap_or_else(|payload| {
         let what = payload
             .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
-        Err(tract_panic_error(&what))
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+        Err(tract_panic_error(what))
     })
 }
 

@@ -16,7 +16,7 @@ mod watch;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use edgeclr::backend as tract;
+use edgeclr::backend;
 
 /// Contrastive representation learning at the edge.
 ///
@@ -83,7 +83,7 @@ fn reset_sigpipe() {
 fn reset_sigpipe() {}
 
 /// A panic inside a guarded tract call (a malformed model; see
-/// `edgeclr::backend::tract::in_guarded_tract_call`) is a model error, not a
+/// `edgeclr::backend::in_guarded_tract_call`) is a model error, not a
 /// crash. With `panic = "unwind"` the library catches it and returns the
 /// error, so the hook only keeps the default "thread 'main' panicked" text off
 /// the terminal. With `panic = "abort"` (the size-optimised board artefact)
@@ -92,15 +92,12 @@ fn reset_sigpipe() {}
 fn install_panic_hook() {
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if !tract::in_guarded_tract_call() {
+        if !backend::in_guarded_tract_call() {
             return default_hook(info);
         }
         if cfg!(panic = "abort") {
-            let what = info.payload_as_str().unwrap_or("unknown panic");
-            eprintln!(
-                "error: loading the model: {}",
-                tract::tract_panic_error(what)
-            );
+            let error = backend::tract_panic_error(info.payload_as_str());
+            eprintln!("error: loading the model: {error}");
             std::process::exit(1);
         }
     }));
