@@ -2,12 +2,10 @@
 //! alarm with `--rollback`, the PNG plots, and `--memory-budget` with the
 //! peak RSS it promises. Small runs (64 images) so each takes seconds.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::repo;
+use crate::common::repo;
 use edgeclr::adapt::checkpoint::Checkpoint;
 
 fn scratch(test: &str) -> PathBuf {

@@ -3,11 +3,9 @@
 //! (`tests/reference/tail_ref.py`) and finite differences, and the trainer
 //! with a tail (MoCo keys, checkpoints).
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::repo;
+use crate::common::repo;
 use edgeclr::adapt::layers::{adapter_forward, mlp_forward};
 use edgeclr::adapt::tail::{self, trunk_model, TailChoice, TailError, TailOp, TailSpec};
 use edgeclr::adapt::trainer::{AdaptConfig, Precision, Trainer, ViewCache};
@@ -317,4 +315,67 @@ fn moco_enqueues_the_keys_it_used() {
         dist(&keys_after) > 1e-4,
         "the EMA copy did not move (test is vacuous)"
     );
+}
+
+/// SupCon in the trainer: the labels set for the images reach the bank with
+/// their keys (prefill and every step), survive a checkpoint, and a resumed
+/// trainer continues exactly as the uninterrupted one.
+#[test]
+fn supcon_trainer_keeps_labels_in_the_bank_and_resumes_exactly() {
+    let manifest = Manifest::load(&repo("models/mobilenet_v2")).unwrap();
+    let cfg = AdaptConfig {
+        loss: "supcon:tau=0.1".into(),
+        batch_size: 4,
+        bank_size: 8,
+        bottleneck: 3,
+        head_hidden: 8,
+        head_out: 4,
+        warmup_epochs: 0,
+        ..AdaptConfig::default()
+    };
+    let labels = vec![
+        Some(0),
+        Some(1),
+        None,
+        Some(1),
+        Some(0),
+        Some(2),
+        Some(2),
+        None,
+    ];
+    let new = || {
+        let mut t = Trainer::new(cfg.clone(), 6, 2).unwrap();
+        t.set_labels(labels.clone());
+        t
+    };
+    let cache = ViewCache::new(
+        vec![random_views(8, 8, 6), random_views(9, 8, 6)],
+        Precision::F32,
+    )
+    .unwrap();
+    let mut trainer = new();
+    trainer.prefill_bank(cache.view(0).view()).unwrap();
+    assert_eq!(trainer.bank.as_ref().unwrap().labels(), &labels[..]);
+    trainer.train_epoch(&cache, |_| {}).unwrap();
+    // Every image was enqueued once more this epoch, in shuffled order:
+    // the bank's labels are a permutation of the images' labels.
+    let mut held = trainer.bank.as_ref().unwrap().labels().to_vec();
+    let mut want = labels.clone();
+    held.sort();
+    want.sort();
+    assert_eq!(held, want);
+
+    let ckpt = trainer.checkpoint(&manifest, &cfg, 1).unwrap();
+    let mut resumed = new();
+    resumed.restore_from(&ckpt).unwrap();
+    assert_eq!(resumed.bank, trainer.bank);
+    trainer.train_epoch(&cache, |_| {}).unwrap();
+    resumed.train_epoch(&cache, |_| {}).unwrap();
+    assert_eq!(resumed.params, trainer.params);
+
+    // Labels for fewer images than the cache holds: a clear error.
+    let mut short = Trainer::new(cfg.clone(), 6, 2).unwrap();
+    short.set_labels(vec![Some(0); 3]);
+    let err = short.train_epoch(&cache, |_| {}).unwrap_err();
+    assert!(err.to_string().contains("labels"), "{err}");
 }

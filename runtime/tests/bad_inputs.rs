@@ -7,12 +7,10 @@
 //! allocated what a header claims would fail there. `errors.rs` holds the
 //! older rows (truncated PNG, wrong checksum, ...) and is not repeated here.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{repo, test_data};
+use crate::common::{repo, test_data};
 use edgeclr::adapt::checkpoint::{Checkpoint, CheckpointError};
 use edgeclr::adapt::params::Params;
 use edgeclr::data::{decode_image, DataError, Dataset, DecodeLimits};
@@ -446,10 +444,15 @@ fn bombs_fit_in_a_1gib_address_space() {
         return;
     }
     let exe: &Path = &std::env::current_exe().expect("test binary");
+    // The test's path in the integration binary (its module, without the
+    // crate name), for --exact.
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    let test = format!("{module}::every_broken_input_gets_its_typed_error");
     let out = Command::new("sh")
         .arg("-c")
-        .arg(r#"ulimit -v 1048576 && exec "$0" --exact every_broken_input_gets_its_typed_error --nocapture --test-threads 1"#)
+        .arg(r#"ulimit -v 1048576 && exec "$0" --exact "$1" --nocapture --test-threads 1"#)
         .arg(exe)
+        .arg(&test)
         .env(BOMBS_ONLY, "1")
         .output()
         .expect("spawn the capped child");

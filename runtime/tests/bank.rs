@@ -1,6 +1,6 @@
 //! MoCo memory bank: FIFO ring buffer, normalisation, checkpoints.
 
-use edgeclr::adapt::bank::{BankError, MemoryBank, KEYS_PARAM, STATE_PARAM};
+use edgeclr::adapt::bank::{BankError, MemoryBank, KEYS_PARAM, LABELS_PARAM, STATE_PARAM};
 use edgeclr::adapt::Params;
 use ndarray::{array, Array2, ArrayD, IxDyn};
 
@@ -221,4 +221,48 @@ fn params_round_trip() {
 fn memory_bytes_4096_by_128_is_2_mib() {
     let bank = MemoryBank::new(4096, 128).unwrap();
     assert_eq!(bank.memory_bytes(), 2 * 1024 * 1024);
+}
+
+#[test]
+fn labels_follow_their_keys_through_the_ring_and_checkpoints() {
+    let mut bank = MemoryBank::new(5, 2).unwrap();
+    bank.enqueue_labelled(batch(0, 3).view(), Some(&[Some(7), None, Some(2)]))
+        .unwrap();
+    assert_eq!(bank.labels(), &[Some(7), None, Some(2)]);
+    // Unlabelled keys overwrite labelled ones: rows 3, 4, then 0 wraps.
+    bank.enqueue(batch(3, 3).view()).unwrap();
+    assert_eq!(ids(bank.negatives()), vec![5, 1, 2, 3, 4]);
+    assert_eq!(bank.labels(), &[None, None, Some(2), None, None]);
+    // A label count that is not the batch's is refused, nothing written.
+    let before = bank.clone();
+    assert!(matches!(
+        bank.enqueue_labelled(batch(9, 2).view(), Some(&[Some(1)])),
+        Err(BankError::Labels { got: 1, batch: 2 })
+    ));
+    assert_eq!(bank, before);
+
+    let params = bank.to_params();
+    let stored = params.get(LABELS_PARAM).unwrap();
+    assert_eq!(
+        stored.iter().copied().collect::<Vec<_>>(),
+        vec![-1.0, -1.0, 2.0, -1.0, -1.0]
+    );
+    assert_eq!(MemoryBank::from_params(&params).unwrap(), bank);
+
+    // No label anywhere: no label tensor, as in checkpoints of older runs.
+    let mut plain = MemoryBank::new(4, 2).unwrap();
+    plain.enqueue(batch(0, 2).view()).unwrap();
+    assert!(!plain.to_params().contains(LABELS_PARAM));
+    bank.clear();
+    assert!(bank.labels().is_empty());
+
+    // A damaged label tensor is an error, not a silent relabelling.
+    let mut bad = params.clone();
+    bad.insert(LABELS_PARAM, ArrayD::from_elem(IxDyn(&[5]), 0.5));
+    assert!(matches!(
+        MemoryBank::from_params(&bad),
+        Err(BankError::State(_))
+    ));
+    bad.insert(LABELS_PARAM, ArrayD::from_elem(IxDyn(&[4]), 1.0));
+    assert!(MemoryBank::from_params(&bad).is_err());
 }

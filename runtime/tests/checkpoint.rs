@@ -1,12 +1,10 @@
 //! Checkpoints: exact round trips, clear errors on damaged files, and no NaN
 //! (nor a half-written file) ever replacing a good checkpoint.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use common::repo;
+use crate::common::repo;
 use edgeclr::adapt::checkpoint::{Checkpoint, CheckpointError, FORMAT};
 use edgeclr::adapt::Params;
 use edgeclr::Manifest;

@@ -1,8 +1,6 @@
 //! Datasets and embedding files on the shipped data.
 
-mod common;
-
-use common::repo;
+use crate::common::repo;
 use edgeclr::data::{find_duplicates, read_idx, Dataset};
 use edgeclr::store::{EmbeddingMeta, EmbeddingSet};
 use ndarray::Array2;

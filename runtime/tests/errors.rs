@@ -1,9 +1,7 @@
 //! Bad input gets a clear, typed error; nothing panics. The broken files are
 //! made by runtime/tests/reference/make_bad_inputs.py.
 
-mod common;
-
-use common::{repo, test_data};
+use crate::common::{repo, test_data};
 use edgeclr::data::{decode_image, DataError, Dataset, DecodeLimits};
 use edgeclr::embed::{embed_dataset, EmbedOptions};
 use edgeclr::manifest::ManifestError;

@@ -2,12 +2,10 @@
 //! `ORT_DYLIB_PATH` is set), it must give the frozen model's embedding passed
 //! through the adapter as computed here with ndarray, and the original logits.
 
-mod common;
-
 use std::io::Write;
 use std::path::PathBuf;
 
-use common::{max_abs_diff, read_npy_f32, repo};
+use crate::common::{max_abs_diff, read_npy_f32, repo};
 use edgeclr::adapt::export::{export_adapted, ExportError};
 use edgeclr::adapt::{Params, ParamsError};
 use edgeclr::backend::{load_encoder, Backend};

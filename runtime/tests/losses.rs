@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use edgeclr::adapt::loss::{
     align_uniform, byol, byol_symmetric, hcl, infonce_bank, normalize_rows_with_jacobian, nt_xent,
-    sigmoid_loss, spectral, HclParams, LossError, Objective, SigmoidParams,
+    sigmoid_loss, spectral, supcon, supcon_bank, HclParams, LossError, Objective, SigmoidParams,
 };
 use ndarray::{array, s, Array2, ArrayView2};
 use ndarray_npy::read_npy;
@@ -892,4 +892,217 @@ fn bad_objective_specs_are_errors() {
         );
     }
     assert!(Objective::Infonce { tau: f64::NAN }.validate().is_err());
+}
+
+// ------------------------------------------------------------------ SupCon
+
+/// A case's label list (`null`: unlabelled).
+fn labels_param(params: &serde_json::Map<String, Value>, key: &str) -> Vec<Option<usize>> {
+    params[key]
+        .as_array()
+        .expect("label list")
+        .iter()
+        .map(|v| v.as_u64().map(|c| c as usize))
+        .collect()
+}
+
+#[test]
+fn supcon_matches_numpy() {
+    let (z1, z2) = (load("z1"), load("z2"));
+    for (p, want, _) in cases("supcon") {
+        let (tau, labels) = (param(&p, "tau"), labels_param(&p, "labels"));
+        let got = supcon(z1.view(), z2.view(), &labels, tau).unwrap().value;
+        assert_value(got, want, &format!("supcon tau={tau} labels={labels:?}"));
+    }
+}
+
+#[test]
+fn supcon_bank_matches_numpy() {
+    let (q, k, queue) = (load("z1"), load("z2"), load("queue"));
+    for (p, want, _) in cases("supcon_bank") {
+        let tau = param(&p, "tau");
+        let (labels, queue_labels) = (labels_param(&p, "labels"), labels_param(&p, "queue_labels"));
+        let got = supcon_bank(
+            q.view(),
+            k.view(),
+            &labels,
+            queue.view(),
+            &queue_labels,
+            tau,
+        )
+        .unwrap()
+        .value;
+        assert_value(got, want, &format!("supcon_bank tau={tau}"));
+    }
+}
+
+#[test]
+fn supcon_gradient_matches_finite_differences() {
+    let (z1, z2) = (load64("z1"), load64("z2"));
+    let (r1, r2) = random_pair(11, 6, 5, 0.5);
+    let ref_labels = [
+        Some(0),
+        Some(1),
+        Some(0),
+        Some(2),
+        Some(1),
+        None,
+        Some(0),
+        Some(2),
+    ];
+    let rand_labels = [Some(3), None, Some(3), Some(3), Some(1), Some(1)];
+    for (z1, z2, labels, what) in [
+        (&z1, &z2, &ref_labels[..], "reference"),
+        (&r1, &r2, &rand_labels[..], "random"),
+    ] {
+        for tau in [0.1, 0.5] {
+            let out = supcon(z1.view(), z2.view(), labels, tau).unwrap();
+            check_two_view(
+                z1,
+                z2,
+                (out.grad_z1.view(), out.grad_z2.view()),
+                &|a, b| supcon(a, b, labels, tau).unwrap().value,
+                &format!("supcon {what} tau={tau}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn supcon_bank_gradient_matches_finite_differences() {
+    let (q, k, queue) = (load64("z1"), load64("z2"), load64("queue"));
+    let labels = [
+        Some(0),
+        Some(1),
+        Some(0),
+        Some(2),
+        Some(1),
+        None,
+        Some(0),
+        Some(2),
+    ];
+    let queue_labels: Vec<_> = (0..queue.nrows())
+        .map(|j| (j % 4 != 3).then_some(j % 3))
+        .collect();
+    for tau in [0.1, 0.2] {
+        let out = supcon_bank(
+            q.view(),
+            k.view(),
+            &labels,
+            queue.view(),
+            &queue_labels,
+            tau,
+        )
+        .unwrap();
+        let fd = finite_diff(&q, &|x| {
+            supcon_bank(
+                x.view(),
+                k.view(),
+                &labels,
+                queue.view(),
+                &queue_labels,
+                tau,
+            )
+            .unwrap()
+            .value
+        });
+        assert_grad(out.grad.view(), &fd, &format!("supcon_bank tau={tau}"));
+    }
+}
+
+#[test]
+fn supcon_without_labels_is_nt_xent() {
+    let (z1, z2) = random_pair(5, 7, 9, 0.3);
+    let none = vec![None; 7];
+    for tau in [0.1, 0.7] {
+        let a = supcon(z1.view(), z2.view(), &none, tau).unwrap();
+        let b = nt_xent(z1.view(), z2.view(), tau).unwrap();
+        assert!(
+            (a.value - b.value).abs() < 1e-12,
+            "{} vs {}",
+            a.value,
+            b.value
+        );
+        for (x, y) in a
+            .grad_z1
+            .iter()
+            .zip(&b.grad_z1)
+            .chain(a.grad_z2.iter().zip(&b.grad_z2))
+        {
+            assert!((x - y).abs() < 1e-6, "gradient {x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn supcon_one_class_of_identical_embeddings_is_log_2n_minus_1() {
+    // Every view identical and of one class: all 2N−1 candidates are
+    // positives with the same logit, so each anchor's term is log(2N−1).
+    let b = 4;
+    let z = Array2::from_shape_fn((b, 3), |(_, j)| j as f64 + 1.0);
+    let labels = vec![Some(2); b];
+    let out = supcon(z.view(), z.view(), &labels, 0.2).unwrap();
+    let want = ((2 * b - 1) as f64).ln();
+    assert!((out.value - want).abs() < 1e-12, "{} vs {want}", out.value);
+}
+
+#[test]
+fn supcon_pulls_same_label_samples_together() {
+    // Two samples of one class and one of another: a gradient step on z1
+    // must raise the similarity of the same-class pair (InfoNCE pushes it
+    // apart, as a negative).
+    let z1 = ndarray::array![[1.0, 0.2, 0.0], [0.2, 1.0, 0.0], [0.0, 0.1, 1.0]];
+    let z2 = z1.clone();
+    let labels = [Some(0), Some(0), Some(1)];
+    let cos = |z: &Array2<f64>| {
+        let (a, b) = (z.row(0), z.row(1));
+        a.dot(&b) / (a.dot(&a).sqrt() * b.dot(&b).sqrt())
+    };
+    for (use_labels, closer) in [(true, true), (false, false)] {
+        let l: Vec<_> = if use_labels {
+            labels.to_vec()
+        } else {
+            vec![None; 3]
+        };
+        let out = supcon(z1.view(), z2.view(), &l, 0.2).unwrap();
+        let stepped = &z1 - &(out.grad_z1.mapv(f64::from) * 0.05);
+        assert_eq!(
+            cos(&stepped) > cos(&z1),
+            closer,
+            "labels used: {use_labels}"
+        );
+    }
+}
+
+#[test]
+fn supcon_label_count_must_match_the_batch() {
+    let (z1, z2) = random_pair(1, 4, 3, 0.1);
+    let e = supcon(z1.view(), z2.view(), &[Some(0); 3], 0.1).unwrap_err();
+    assert!(matches!(e, LossError::ShapeMismatch { .. }), "{e}");
+    let queue = Array2::from_shape_fn((5, 3), |(i, j)| if i % 3 == j { 1.0 } else { 0.0 });
+    let e = supcon_bank(
+        z1.view(),
+        z2.view(),
+        &[None; 4],
+        queue.view(),
+        &[None; 4],
+        0.1,
+    )
+    .unwrap_err();
+    assert!(matches!(e, LossError::ShapeMismatch { .. }), "{e}");
+    assert!(matches!(
+        supcon(z1.view(), z2.view(), &[None; 4], 0.0),
+        Err(LossError::InvalidParameter { .. })
+    ));
+}
+
+#[test]
+fn supcon_spec_parses() {
+    let o: Objective = "supcon".parse().unwrap();
+    assert_eq!(o, Objective::Supcon { tau: 0.1 });
+    assert!(o.uses_labels() && o.uses_bank());
+    let o: Objective = "supcon:tau=0.3".parse().unwrap();
+    assert_eq!(o.to_string(), "supcon:tau=0.3");
+    assert!("supcon:tau=-1".parse::<Objective>().is_err());
+    assert!(!"infonce".parse::<Objective>().unwrap().uses_labels());
 }

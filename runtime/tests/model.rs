@@ -2,9 +2,7 @@
 //! preprocessing vs PIL+numpy (1e-2 per element), embeddings vs onnxruntime on
 //! the same tensors (1e-4), ImageNet top-1 on real photos.
 
-mod common;
-
-use common::{max_abs_diff, read_npy_f32, repo};
+use crate::common::{max_abs_diff, read_npy_f32, repo};
 use edgeclr::data::{decode_image, Dataset, DecodeLimits};
 use edgeclr::embed::{embed_dataset, EmbedOptions};
 use edgeclr::{Encoder, LoadOptions, Manifest, Preprocessor, TractEncoder};

@@ -6,14 +6,12 @@
 //! print `SKIPPED: ...` on stderr and pass; CI installs the wheel.
 #![cfg(feature = "ort")]
 
-mod common;
-
 use std::io::Write;
 use std::mem::discriminant;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{max_abs_diff, read_npy_f32, repo, test_data};
+use crate::common::{max_abs_diff, read_npy_f32, repo, test_data};
 use edgeclr::backend::{load_encoder, Backend, ExecutionProvider, OrtEncoder, OrtOptions};
 use edgeclr::{Encoder, LoadOptions, Manifest, ModelError, TractEncoder};
 use ndarray::{s, Array4, ArrayD, Axis, Ix2, Ix4};
@@ -265,8 +263,12 @@ fn in_fresh_process(test: &str) -> bool {
     if std::env::var_os(CHILD).is_some() {
         return true;
     }
+    // The test's path in the integration binary: its module (without the
+    // crate name), then its name; `--exact` runs nothing on a bare name.
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    let path = format!("{module}::{test}");
     let out = Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .args([&path, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD, "1")
         .output()
         .expect("re-run the test binary");
@@ -276,6 +278,11 @@ fn in_fresh_process(test: &str) -> bool {
         "{test} failed in its own process:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("1 passed"),
+        "{path} did not run in its own process:\n{stdout}"
     );
     false
 }

@@ -15,8 +15,13 @@
 //! - until the bank is full the filled rows are `0..filled` and `ptr == filled`;
 //!   once full, `filled == K` and `ptr` points at the oldest row.
 //!
+//! Each key may carry the label of the image it came from (SupCon puts
+//! same-label keys on the positive side); keys enqueued without one are
+//! unlabelled.
+//!
 //! For checkpoints, [`MemoryBank::to_params`] writes `bank.keys` `[K, D]` and
-//! `bank.state` `[2]` = `(ptr, filled)` as `f32` (exact for any `K < 2²⁴`);
+//! `bank.state` `[2]` = `(ptr, filled)` as `f32` (exact for any `K < 2²⁴`),
+//! and `bank.labels` `[K]` (−1 for unlabelled) when any key has a label;
 //! [`MemoryBank::from_params`] reads them back.
 
 use ndarray::{s, Array2, ArrayD, ArrayView2, Axis, IxDyn};
@@ -27,6 +32,8 @@ use super::params::{Params, ParamsError};
 pub const KEYS_PARAM: &str = "bank.keys";
 /// Name of the `[ptr, filled]` tensor in a checkpoint.
 pub const STATE_PARAM: &str = "bank.state";
+/// Name of the `[K]` key-label tensor in a checkpoint (−1: unlabelled).
+pub const LABELS_PARAM: &str = "bank.labels";
 
 /// Errors of the memory bank.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +44,8 @@ pub enum BankError {
     Dim { got: usize, expected: usize },
     #[error("batch of {batch} keys exceeds the bank capacity {capacity}")]
     BatchTooLarge { batch: usize, capacity: usize },
+    #[error("{got} labels for a batch of {batch} keys")]
+    Labels { got: usize, batch: usize },
     #[error("key row {row} holds NaN or infinite values")]
     NonFinite { row: usize },
     #[error("invalid bank state: {0}")]
@@ -49,6 +58,8 @@ pub enum BankError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemoryBank {
     keys: Array2<f32>,
+    /// The label of each row of `keys` (`None`: unlabelled).
+    labels: Vec<Option<usize>>,
     ptr: usize,
     filled: usize,
 }
@@ -61,6 +72,7 @@ impl MemoryBank {
         }
         Ok(Self {
             keys: Array2::zeros((k, dim)),
+            labels: vec![None; k],
             ptr: 0,
             filled: 0,
         })
@@ -100,14 +112,37 @@ impl MemoryBank {
                 )));
             }
         }
-        Ok(Self { keys, ptr, filled })
+        Ok(Self {
+            labels: vec![None; k],
+            keys,
+            ptr,
+            filled,
+        })
     }
 
     /// Appends a batch `[B, D]` of keys (B ≤ K), overwriting the oldest ones.
     /// Rows are L2-normalised on the way in. The batch is rejected as a whole
     /// (nothing is written) if any value is NaN or infinite.
     pub fn enqueue(&mut self, keys: ArrayView2<f32>) -> Result<(), BankError> {
+        self.enqueue_labelled(keys, None)
+    }
+
+    /// [`enqueue`](Self::enqueue) with the label of each key (`labels[i]`
+    /// for row `i`; `None` for the whole batch: all unlabelled).
+    pub fn enqueue_labelled(
+        &mut self,
+        keys: ArrayView2<f32>,
+        labels: Option<&[Option<usize>]>,
+    ) -> Result<(), BankError> {
         let (batch, dim) = keys.dim();
+        if let Some(l) = labels {
+            if l.len() != batch {
+                return Err(BankError::Labels {
+                    got: l.len(),
+                    batch,
+                });
+            }
+        }
         if dim != self.dim() {
             return Err(BankError::Dim {
                 got: dim,
@@ -127,7 +162,8 @@ impl MemoryBank {
             return Err(BankError::NonFinite { row });
         }
         let k = self.capacity();
-        for key in keys.outer_iter() {
+        for (i, key) in keys.outer_iter().enumerate() {
+            self.labels[self.ptr] = labels.and_then(|l| l[i]);
             // f64 accumulation: a large but finite key must not overflow to inf.
             let norm = key
                 .iter()
@@ -150,6 +186,11 @@ impl MemoryBank {
     /// InfoNCE does not care about the order of its negatives.
     pub fn negatives(&self) -> ArrayView2<'_, f32> {
         self.keys.slice(s![..self.filled, ..])
+    }
+
+    /// The label of each row of [`negatives`](Self::negatives), same order.
+    pub fn labels(&self) -> &[Option<usize>] {
+        &self.labels[..self.filled]
     }
 
     /// The keys from oldest to newest (a copy; for inspection and tests).
@@ -202,6 +243,7 @@ impl MemoryBank {
     /// Empties the bank, keeping its capacity.
     pub fn clear(&mut self) {
         self.keys.fill(0.0);
+        self.labels.fill(None);
         self.ptr = 0;
         self.filled = 0;
     }
@@ -216,6 +258,17 @@ impl MemoryBank {
             ArrayD::from_shape_vec(IxDyn(&[2]), vec![self.ptr as f32, self.filled as f32])
                 .expect("shape [2]"),
         );
+        if self.labels.iter().any(Option::is_some) {
+            let labels = self
+                .labels
+                .iter()
+                .map(|l| l.map_or(-1.0, |c| c as f32))
+                .collect::<Vec<_>>();
+            p.insert(
+                LABELS_PARAM,
+                ArrayD::from_shape_vec(IxDyn(&[labels.len()]), labels).expect("shape [K]"),
+            );
+        }
         p
     }
 
@@ -253,6 +306,26 @@ impl MemoryBank {
         };
         let ptr = as_index(state[0], "ptr")?;
         let filled = as_index(state[1], "filled")?;
-        Self::from_parts(keys, ptr, filled)
+        let mut bank = Self::from_parts(keys, ptr, filled)?;
+        // Absent in checkpoints of runs without labels: all unlabelled.
+        if params.contains(LABELS_PARAM) {
+            let stored = params.get(LABELS_PARAM)?;
+            if stored.shape() != [bank.capacity()] {
+                return Err(ParamsError::Shape {
+                    name: LABELS_PARAM.to_owned(),
+                    got: stored.shape().to_vec(),
+                    expected: vec![bank.capacity()],
+                }
+                .into());
+            }
+            for (slot, &v) in bank.labels.iter_mut().zip(stored.iter()) {
+                *slot = if v == -1.0 {
+                    None
+                } else {
+                    Some(as_index(v, "a key label")?)
+                };
+            }
+        }
+        Ok(bank)
     }
 }

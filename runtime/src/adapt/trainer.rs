@@ -63,6 +63,9 @@ pub struct AdaptConfig {
     /// Width of the adapter's bottleneck.
     pub bottleneck: usize,
     pub head_hidden: usize,
+    /// Width of the projection head's output; 0: no head, the loss reads
+    /// the adapted embedding itself (what k-NN and probes use), so what the
+    /// loss learns cannot stay in a head that is thrown away.
     pub head_out: usize,
     /// MoCo queue length for `infonce` (0: in-batch negatives only).
     pub bank_size: usize,
@@ -101,6 +104,16 @@ impl AdaptConfig {
         Ok(self.loss.parse::<Objective>()?)
     }
 
+    /// Width of what the loss (and the bank) sees for `dim`-wide adapted
+    /// embeddings: the head's output, or the embedding without a head.
+    pub fn loss_dim(&self, dim: usize) -> usize {
+        if self.head_out == 0 {
+            dim
+        } else {
+            self.head_out
+        }
+    }
+
     fn validate(&self) -> Result<(), TrainError> {
         let bad = |m: &str| Err(TrainError::Config(m.into()));
         if self.batch_size < 2 {
@@ -115,8 +128,11 @@ impl AdaptConfig {
         if self.bank_size > 0 && self.bank_size < self.batch_size {
             return bad("bank size must be 0 or at least the batch size");
         }
-        if self.bottleneck == 0 || self.head_hidden == 0 || self.head_out == 0 {
+        if self.bottleneck == 0 || (self.head_out > 0 && self.head_hidden == 0) {
             return bad("layer widths must be positive");
+        }
+        if self.head_out == 0 && self.objective()?.needs_predictor() {
+            return bad("byol needs a projection head (head_out > 0)");
         }
         self.objective()?;
         Ok(())
@@ -149,6 +165,10 @@ pub struct Trainer {
     schedule: CosineSchedule,
     pub step: u64,
     rng: ChaCha8Rng,
+    /// The label of each training image, by index (`None`: unlabelled), for
+    /// objectives that read labels; not part of a checkpoint (it comes with
+    /// the images, like the view cache).
+    labels: Option<Vec<Option<usize>>>,
 }
 
 fn optimizer(config: &AdaptConfig) -> Result<Box<dyn Optimizer>, TrainError> {
@@ -186,14 +206,16 @@ impl Trainer {
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let mut params = Params::new();
         init_adapter(&mut params, dim, config.bottleneck, &mut rng);
-        init_mlp(
-            &mut params,
-            "head",
-            dim,
-            config.head_hidden,
-            config.head_out,
-            &mut rng,
-        );
+        if config.head_out > 0 {
+            init_mlp(
+                &mut params,
+                "head",
+                dim,
+                config.head_hidden,
+                config.head_out,
+                &mut rng,
+            );
+        }
         if objective.needs_predictor() {
             init_mlp(
                 &mut params,
@@ -225,8 +247,8 @@ impl Trainer {
         let mut ema = params.with_prefix("adapter.");
         ema.extend(params.with_prefix("head."));
         ema.extend(params.with_prefix(TAIL_PREFIX));
-        let bank = match (&objective, config.bank_size) {
-            (Objective::Infonce { .. }, k) if k > 0 => Some(MemoryBank::new(k, config.head_out)?),
+        let bank = match config.bank_size {
+            k if k > 0 && objective.uses_bank() => Some(MemoryBank::new(k, config.loss_dim(dim))?),
             _ => None,
         };
         let total = (config.epochs * steps_per_epoch).max(1);
@@ -247,8 +269,41 @@ impl Trainer {
             schedule,
             step: 0,
             rng,
+            labels: None,
             config,
         })
+    }
+
+    /// Labels of the training images, by the index [`Trainer::train_epoch`]
+    /// and [`Trainer::train_epoch_stream`] use (`None` for an unlabelled
+    /// image). Objectives that read labels (`supcon`) put same-label samples
+    /// on the positive side; the others ignore them.
+    pub fn set_labels(&mut self, labels: Vec<Option<usize>>) {
+        self.labels = Some(labels);
+    }
+
+    /// The labels of the images in `batch` (None: no labels were set).
+    fn batch_labels(&self, batch: &[usize]) -> Result<Option<Vec<Option<usize>>>, TrainError> {
+        let Some(labels) = &self.labels else {
+            return Ok(None);
+        };
+        batch
+            .iter()
+            .map(|&i| {
+                labels.get(i).copied().ok_or_else(|| {
+                    TrainError::Config(format!(
+                        "image {i} has no entry in the {} labels set for training",
+                        labels.len()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    /// The objective the run trains.
+    pub fn objective(&self) -> Objective {
+        self.objective
     }
 
     /// The trainable tail layers, if any.
@@ -313,24 +368,43 @@ impl Trainer {
         }
     }
 
+    /// The projection head with the weights in `p` (the identity, with no
+    /// cache, when the run has none: `head_out = 0`).
+    fn head(
+        &self,
+        p: &Params,
+        a: ArrayView2<f32>,
+    ) -> Result<(Array2<f32>, Option<super::layers::MlpCache>), TrainError> {
+        if self.config.head_out == 0 {
+            return Ok((a.to_owned(), None));
+        }
+        let (z, cache) = mlp_forward(p, "head", a)?;
+        Ok((z, Some(cache)))
+    }
+
     /// Keys from the momentum copy (no gradient).
     fn ema_keys(&self, x: ArrayView2<f32>) -> Result<Array2<f32>, TrainError> {
         Self::chunked(x, |c| {
             let (a, _, _) = self.forward(&self.ema, c)?;
-            Ok(mlp_forward(&self.ema, "head", a.view())?.0)
+            Ok(self.head(&self.ema, a.view())?.0)
         })
     }
 
     /// Fills the bank with keys of `x` before training, so the first steps
     /// already see `bank_size` negatives (MoCo starts from random keys).
+    /// Row `i` of `x` is training image `i`: with labels set
+    /// ([`Trainer::set_labels`]) its key is enqueued with its label.
     pub fn prefill_bank(&mut self, x: ArrayView2<f32>) -> Result<(), TrainError> {
         if self.bank.is_none() {
             return Ok(());
         }
-        for chunk in x.axis_chunks_iter(Axis(0), self.config.batch_size) {
+        let step = self.config.batch_size;
+        for (c, chunk) in x.axis_chunks_iter(Axis(0), step).enumerate() {
             let keys = self.ema_keys(chunk)?;
+            let rows: Vec<usize> = (c * step..c * step + chunk.nrows()).collect();
+            let labels = self.batch_labels(&rows)?;
             if let Some(bank) = self.bank.as_mut() {
-                bank.enqueue(keys.view())?;
+                bank.enqueue_labelled(keys.view(), labels.as_deref())?;
             }
         }
         Ok(())
@@ -350,34 +424,80 @@ impl Trainer {
         x1: ArrayView2<f32>,
         x2: ArrayView2<f32>,
     ) -> Result<StepReport, TrainError> {
-        let moco_keys = match (&self.bank, self.objective) {
-            (Some(_), Objective::Infonce { .. }) => Some(self.ema_keys(x2)?),
+        self.train_step_labelled(x1, x2, None)
+    }
+
+    /// [`Trainer::train_step`] with the label of each row (`None` for an
+    /// unlabelled row; `labels: None`: all unlabelled). Only objectives
+    /// that read labels use them; the bank stores them with the keys.
+    pub fn train_step_labelled(
+        &mut self,
+        x1: ArrayView2<f32>,
+        x2: ArrayView2<f32>,
+        labels: Option<&[Option<usize>]>,
+    ) -> Result<StepReport, TrainError> {
+        let unlabelled;
+        let labels = match labels {
+            Some(l) if l.len() != x1.nrows() => {
+                return Err(TrainError::Config(format!(
+                    "{} labels for a batch of {}",
+                    l.len(),
+                    x1.nrows()
+                )))
+            }
+            Some(l) => l,
+            None => {
+                unlabelled = vec![None; x1.nrows()];
+                &unlabelled
+            }
+        };
+        let moco_keys = match &self.bank {
+            Some(_) if self.objective.uses_bank() => Some(self.ema_keys(x2)?),
             _ => None,
         };
         // With a non-empty bank, MoCo's loss reads only the queries of view 1
         // (view 2 enters as the momentum encoder's keys), so the online
         // network neither runs nor backpropagates view 2: with a trainable
         // tail that saves two of the step's five large matmuls.
-        let bank_loss = match (&self.bank, &moco_keys, self.objective) {
-            (Some(bank), Some(keys), Objective::Infonce { tau }) if !bank.is_empty() => {
-                Some((bank, keys, tau))
-            }
+        let bank_loss = match (&self.bank, &moco_keys) {
+            (Some(bank), Some(keys)) if !bank.is_empty() => Some((bank, keys)),
             _ => None,
         };
         let (a1, ac1, tc1) = self.forward(&self.params, x1)?;
-        let (z1, hc1) = mlp_forward(&self.params, "head", a1.view())?;
+        let (z1, hc1) = self.head(&self.params, a1.view())?;
         let mut grads = Params::new();
         let (value, dz1, view2) = match bank_loss {
-            Some((bank, keys, tau)) => {
-                let out = loss::infonce_bank(z1.view(), keys.view(), bank.negatives(), tau)?;
+            Some((bank, keys)) => {
+                let out = match self.objective {
+                    Objective::Supcon { tau } => loss::supcon_bank(
+                        z1.view(),
+                        keys.view(),
+                        labels,
+                        bank.negatives(),
+                        bank.labels(),
+                        tau,
+                    )?,
+                    Objective::Infonce { tau } => {
+                        loss::infonce_bank(z1.view(), keys.view(), bank.negatives(), tau)?
+                    }
+                    other => {
+                        return Err(TrainError::Config(format!(
+                            "{other} does not use a memory bank"
+                        )))
+                    }
+                };
                 (out.value, out.grad, None)
             }
             None => {
                 let (a2, ac2, tc2) = self.forward(&self.params, x2)?;
-                let (z2, hc2) = mlp_forward(&self.params, "head", a2.view())?;
+                let (z2, hc2) = self.head(&self.params, a2.view())?;
                 let (value, dz1, dz2) = match self.objective {
                     Objective::Infonce { tau } => {
                         let out = loss::nt_xent(z1.view(), z2.view(), tau)?;
+                        (out.value, out.grad_z1, out.grad_z2)
+                    }
+                    Objective::Supcon { tau } => {
+                        let out = loss::supcon(z1.view(), z2.view(), labels, tau)?;
                         (out.value, out.grad_z1, out.grad_z2)
                     }
                     Objective::AlignUniform { lambda, t } => {
@@ -433,7 +553,10 @@ impl Trainer {
             backward.push((hc2, ac2, tc2, dz2));
         }
         for (hc, ac, tc, dz) in backward {
-            let (da, gh) = mlp_backward(&self.params, "head", hc, dz.view())?;
+            let (da, gh) = match hc {
+                Some(hc) => mlp_backward(&self.params, "head", hc, dz.view())?,
+                None => (dz.clone(), Params::new()),
+            };
             let (dx, ga) = adapter_backward(&self.params, ac, da.view())?;
             grads.accumulate(gh)?;
             grads.accumulate(ga)?;
@@ -462,7 +585,7 @@ impl Trainer {
         let momentum = self.config.momentum;
         self.ema.ema_update(&self.params, momentum)?;
         if let (Some(bank), Some(keys)) = (self.bank.as_mut(), &moco_keys) {
-            bank.enqueue(keys.view())?;
+            bank.enqueue_labelled(keys.view(), Some(labels))?;
         }
         self.step += 1;
         Ok(StepReport {
@@ -530,7 +653,8 @@ impl Trainer {
         let mut steps = 0;
         for batch in self.epoch_batches(n) {
             let (x1, x2) = views(&batch, &mut self.rng)?;
-            let report = self.train_step(x1.view(), x2.view())?;
+            let labels = self.batch_labels(&batch)?;
+            let report = self.train_step_labelled(x1.view(), x2.view(), labels.as_deref())?;
             total += report.loss;
             steps += 1;
             on_step(&report);

@@ -49,6 +49,13 @@ Formulas (u = z / ||z||, row-wise):
                L = -(1/B) sum_ij log sigmoid(y_ij logits_ij)
   byol         mean_i (2 - 2 p_i.z_i / (|p_i| |z_i|));
                symmetric = byol(p1, z2) + byol(p2, z1)
+  supcon       Khosla et al. 2020 eq. 2 (L^sup_out) over Z = [u1; u2] with
+               labels y (None: unlabelled, positive only with its partner):
+               l_a = -(1/|P(a)|) sum_{p in P(a)} log( exp(Z_a.Z_p/tau)
+                      / sum_{k != a} exp(Z_a.Z_k/tau) ),  L = mean_a l_a
+  supcon_bank  queries q against C = [k (this batch's keys); queue] with
+               labels [y; queue_labels]; P(i) = {k_i} + same known label:
+               l_i = -(1/|P(i)|) sum_{p in P(i)} log softmax(q_i.C^T/tau)_p
 
 Usage (from the repository root; deterministic, rewrites the files):
 
@@ -115,6 +122,33 @@ def infonce_bank(q, k, queue, tau):
         logits = np.array(logits)
         log_softmax0 = logits[0] - math.log(np.sum(np.exp(logits)))
         losses.append(-log_softmax0)
+    return float(np.mean(losses))
+
+
+def supcon(z1, z2, labels, tau):
+    u = np.concatenate([normalize(z1), normalize(z2)], axis=0)
+    n = u.shape[0]
+    b = n // 2
+    y = list(labels) + list(labels)
+    losses = []
+    for a in range(n):
+        den = sum(math.exp(u[a] @ u[k] / tau) for k in range(n) if k != a)
+        pos = [p for p in range(n) if p != a and
+               (p % b == a % b or (y[a] is not None and y[p] == y[a]))]
+        losses.append(-np.mean([math.log(math.exp(u[a] @ u[p] / tau) / den) for p in pos]))
+    return float(np.mean(losses))
+
+
+def supcon_bank(q, k, labels, queue, queue_labels, tau):
+    qn, kn = normalize(q), normalize(k)
+    cands = np.concatenate([kn, queue], axis=0)
+    y = list(labels) + list(queue_labels)
+    losses = []
+    for i in range(q.shape[0]):
+        den = sum(math.exp(qn[i] @ c / tau) for c in cands)
+        pos = [p for p in range(len(cands)) if p == i or
+               (labels[i] is not None and y[p] == labels[i])]
+        losses.append(-np.mean([math.log(math.exp(qn[i] @ cands[p] / tau) / den) for p in pos]))
     return float(np.mean(losses))
 
 
@@ -233,6 +267,17 @@ def main():
         add("spectral", {"mu": mu}, spectral(sp1, sp2, mu))
     for t_prime, bias in ((math.log(10.0), -10.0), (math.log(5.0), -2.0)):
         add("sigmoid", {"t_prime": t_prime, "bias": bias}, sigmoid_loss(z1, z2, t_prime, bias))
+    # Fixed labels (not drawn from the rng, so the arrays above stay as
+    # they were): three classes, one unlabelled row; the queue's labels
+    # cycle through the classes with every fourth key unlabelled.
+    labels = [0, 1, 0, 2, 1, None, 0, 2][:b]
+    queue_labels = [None if j % 4 == 3 else j % 3 for j in range(k)]
+    for tau in (0.1, 0.5):
+        add("supcon", {"tau": tau, "labels": labels}, supcon(z1, z2, labels, tau))
+        add("supcon", {"tau": tau, "labels": [None] * b}, supcon(z1, z2, [None] * b, tau))
+    for tau in (0.1, 0.2):
+        add("supcon_bank", {"tau": tau, "labels": labels, "queue_labels": queue_labels},
+            supcon_bank(z1, z2, labels, queue, queue_labels, tau))
     add("byol", {}, byol(p1, z2))
     add("byol_symmetric", {}, byol(p1, z2) + byol(p2, z1))
 

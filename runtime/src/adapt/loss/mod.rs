@@ -13,6 +13,7 @@
 //! | spectral contrastive loss | [`spectral`] | HaoChen et al. 2021 |
 //! | pairwise sigmoid (SigLIP) | [`sigmoid`] | Zhai et al. 2023 |
 //! | BYOL regression | [`byol`] | Grill et al. 2020 |
+//! | supervised contrastive (SupCon), in-batch and with a labelled bank | [`supcon`] | Khosla et al. 2020 |
 //!
 //! Conventions shared by every objective:
 //!
@@ -35,6 +36,7 @@ pub mod byol;
 pub mod infonce;
 pub mod sigmoid;
 pub mod spectral;
+pub mod supcon;
 
 use std::fmt;
 use std::str::FromStr;
@@ -46,6 +48,7 @@ pub use byol::{byol, byol_symmetric, ByolOutput};
 pub use infonce::{hcl, infonce_bank, nt_xent, HclParams};
 pub use sigmoid::{sigmoid_loss, SigmoidOutput, SigmoidParams};
 pub use spectral::spectral;
+pub use supcon::{supcon, supcon_bank};
 
 /// Everything that makes a loss (or its gradient) undefined.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -329,7 +332,8 @@ pub(crate) fn check_finite(name: &'static str, value: f64) -> Result<()> {
 /// Specification syntax (what [`FromStr`] accepts and [`fmt::Display`]
 /// writes): a name, optionally followed by `:` and comma-separated
 /// `key=value` overrides, e.g. `infonce`, `infonce:tau=0.2`,
-/// `align-uniform:lambda=1,t=2`, `spectral:mu=1`, `sigmoid`, `byol`.
+/// `align-uniform:lambda=1,t=2`, `spectral:mu=1`, `sigmoid`, `byol`,
+/// `supcon:tau=0.1`.
 /// Omitted parameters take the defaults below.
 ///
 /// `Sigmoid` has no hyper-parameters: its temperature and bias are learned
@@ -348,12 +352,22 @@ pub enum Objective {
     Sigmoid,
     /// BYOL regression loss ([`byol_symmetric`]).
     Byol,
+    /// Supervised contrastive loss ([`supcon`], [`supcon_bank`]) with
+    /// temperature `tau`: samples that share a label are positives.
+    /// Unlabelled samples count as their own class of one.
+    Supcon { tau: f64 },
 }
 
 impl Objective {
     /// The names accepted by [`FromStr`], in declaration order.
-    pub const NAMES: [&'static str; 5] =
-        ["infonce", "align-uniform", "spectral", "sigmoid", "byol"];
+    pub const NAMES: [&'static str; 6] = [
+        "infonce",
+        "align-uniform",
+        "spectral",
+        "sigmoid",
+        "byol",
+        "supcon",
+    ];
 
     /// Default InfoNCE temperature: 0.1, the default of the SimCLR reference
     /// implementation (0.5 was used for CIFAR-10 in some of its ablations).
@@ -364,6 +378,8 @@ impl Objective {
     pub const DEFAULT_T: f64 = 2.0;
     /// Default spectral `mu` (the reference code's default, 1).
     pub const DEFAULT_MU: f64 = 1.0;
+    /// Default SupCon temperature: 0.1, the paper's (Khosla et al. 2020).
+    pub const DEFAULT_SUPCON_TAU: f64 = 0.1;
 
     /// The canonical name (one of [`Self::NAMES`]).
     pub fn name(&self) -> &'static str {
@@ -373,6 +389,7 @@ impl Objective {
             Objective::Spectral { .. } => "spectral",
             Objective::Sigmoid => "sigmoid",
             Objective::Byol => "byol",
+            Objective::Supcon { .. } => "supcon",
         }
     }
 
@@ -391,6 +408,9 @@ impl Objective {
             },
             "sigmoid" => Objective::Sigmoid,
             "byol" => Objective::Byol,
+            "supcon" => Objective::Supcon {
+                tau: Self::DEFAULT_SUPCON_TAU,
+            },
             _ => return None,
         })
     }
@@ -398,7 +418,7 @@ impl Objective {
     /// Checks the hyper-parameters' domains (τ > 0, λ ≥ 0, t > 0, μ > 0).
     pub fn validate(&self) -> Result<()> {
         match *self {
-            Objective::Infonce { tau } => check_positive("tau", tau),
+            Objective::Infonce { tau } | Objective::Supcon { tau } => check_positive("tau", tau),
             Objective::AlignUniform { lambda, t } => {
                 check_non_negative("lambda", lambda)?;
                 check_positive("t", t)
@@ -414,10 +434,22 @@ impl Objective {
         matches!(self, Objective::Byol)
     }
 
+    /// Whether the objective reads labels (unlabelled samples still take
+    /// part, as their own class of one).
+    pub fn uses_labels(&self) -> bool {
+        matches!(self, Objective::Supcon { .. })
+    }
+
+    /// Whether the objective draws negatives from a memory bank of momentum
+    /// keys when the run has one (`bank_size > 0`).
+    pub fn uses_bank(&self) -> bool {
+        matches!(self, Objective::Infonce { .. } | Objective::Supcon { .. })
+    }
+
     /// The hyper-parameters as `(key, value)` pairs, in spec order.
     fn params(&self) -> Vec<(&'static str, f64)> {
         match *self {
-            Objective::Infonce { tau } => vec![("tau", tau)],
+            Objective::Infonce { tau } | Objective::Supcon { tau } => vec![("tau", tau)],
             Objective::AlignUniform { lambda, t } => vec![("lambda", lambda), ("t", t)],
             Objective::Spectral { mu } => vec![("mu", mu)],
             Objective::Sigmoid | Objective::Byol => Vec::new(),
@@ -426,7 +458,7 @@ impl Objective {
 
     fn param_mut(&mut self, key: &str) -> Option<&mut f64> {
         match (self, key) {
-            (Objective::Infonce { tau }, "tau") => Some(tau),
+            (Objective::Infonce { tau } | Objective::Supcon { tau }, "tau") => Some(tau),
             (Objective::AlignUniform { lambda, .. }, "lambda") => Some(lambda),
             (Objective::AlignUniform { t, .. }, "t") => Some(t),
             (Objective::Spectral { mu }, "mu") => Some(mu),

@@ -31,10 +31,16 @@ use super::watch::{CollapseArgs, Watch};
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Unlabelled training images: a folder, an IDX file, or an IDX directory
-    /// (its `train` split; labels, if any, are ignored).
+    /// Training images: a folder, an IDX file, or an IDX directory (its
+    /// `train` split). Their labels (class subfolders, IDX labels) are used
+    /// only by `--loss supcon`; the other objectives ignore them.
     #[arg(long, value_name = "DIR|IDX")]
     pub images: PathBuf,
+    /// With `--loss supcon`: keep the labels of only the first N images of
+    /// each class (a few-shot set); the other images train unlabelled, each
+    /// its own class of one.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub labels_per_class: Option<u64>,
     /// Labelled IDX directory for evaluation only: k-NN and linear probe fitted
     /// on its `train` split, scored on its `t10k` split, every epoch.
     #[arg(long, value_name = "DIR")]
@@ -45,7 +51,8 @@ pub struct Args {
     /// Continue from RUN_DIR/checkpoint.safetensors.
     #[arg(long)]
     pub resume: bool,
-    /// Objective: infonce[:tau=0.2], align-uniform[:lambda=1,t=2], spectral[:mu=1], sigmoid, byol.
+    /// Objective: infonce[:tau=0.2], align-uniform[:lambda=1,t=2], spectral[:mu=1], sigmoid, byol,
+    /// supcon[:tau=0.1] (supervised: images with the same label are positives).
     #[arg(long, default_value = "infonce:tau=0.2")]
     pub loss: String,
     #[arg(long, default_value_t = 10)]
@@ -59,7 +66,7 @@ pub struct Args {
     pub optimizer: String,
     #[arg(long, default_value_t = 1e-4)]
     pub weight_decay: f32,
-    /// MoCo queue length for infonce (0: in-batch negatives only).
+    /// MoCo queue length for infonce and supcon (0: in-batch negatives only).
     #[arg(long, default_value_t = 4096)]
     pub bank_size: usize,
     /// EMA momentum of the key encoder.
@@ -68,6 +75,11 @@ pub struct Args {
     /// Adapter bottleneck width.
     #[arg(long, default_value_t = 128)]
     pub bottleneck: usize,
+    /// Output width of the projection head the loss reads (SimCLR's MLP,
+    /// dropped after training); 0: no head, the loss reads the adapted
+    /// embedding itself, so everything it learns is in what is exported.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub head_out: usize,
     /// Augmented views per image in the view cache (≥ 2).
     #[arg(long, default_value_t = 2)]
     pub views: usize,
@@ -115,6 +127,53 @@ struct EpochLog {
     seconds: f64,
     /// Bytes held by the view cache (0 when streaming).
     cache_bytes: usize,
+}
+
+/// The best epoch on `--val` so far and its k-NN accuracy, kept as
+/// `checkpoint.best.safetensors` (the accuracy as its `val.knn_acc`
+/// tensor, so one atomic file holds both).
+struct Best {
+    epoch: usize,
+    knn: f64,
+}
+
+const BEST_KNN: &str = "val.knn_acc";
+
+impl Best {
+    /// The accuracy is kept at the f32 precision it is stored in, so a
+    /// resumed run compares the next epochs against the same number.
+    fn new(epoch: usize, knn: f64) -> Self {
+        Self {
+            epoch,
+            knn: f64::from(knn as f32),
+        }
+    }
+
+    fn save(
+        &self,
+        trainer: &Trainer,
+        manifest: &edgeclr::Manifest,
+        config: &AdaptConfig,
+        path: &Path,
+    ) -> Result<()> {
+        let mut ckpt = trainer.checkpoint(manifest, config, self.epoch as u64)?;
+        ckpt.tensors.insert(
+            BEST_KNN,
+            ndarray::ArrayD::from_elem(vec![1], self.knn as f32),
+        );
+        ckpt.save(path)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    fn read(path: &Path) -> Result<Self> {
+        let ckpt = Checkpoint::load(path)?;
+        let knn = ckpt
+            .tensors
+            .get(BEST_KNN)
+            .with_context(|| format!("{} has no {BEST_KNN}", path.display()))?;
+        let knn = knn.iter().next().copied().unwrap_or(f32::NAN);
+        Ok(Self::new(ckpt.epoch as usize, f64::from(knn)))
+    }
 }
 
 /// Labelled evaluation data: frozen embeddings of a train and a test split.
@@ -342,6 +401,7 @@ pub fn run(mut args: Args) -> Result<()> {
         optimizer: args.optimizer.clone(),
         weight_decay: args.weight_decay,
         bottleneck: args.bottleneck,
+        head_out: args.head_out,
         bank_size: args.bank_size,
         momentum: args.momentum,
         seed: args.seed,
@@ -370,6 +430,14 @@ pub fn run(mut args: Args) -> Result<()> {
     let steps = Trainer::steps_per_epoch(n, args.batch_size);
     let mut trainer =
         Trainer::with_tail(config.clone(), tail, manifest.outputs.embedding_dim, steps)?;
+    if trainer.objective().uses_labels() {
+        let labels = training_labels(&data, n, args.labels_per_class)?;
+        let known = labels.iter().flatten().count();
+        println!("{}: {known} of {n} training images labelled", config.loss);
+        trainer.set_labels(labels);
+    } else if args.labels_per_class.is_some() {
+        bail!("--labels-per-class needs --loss supcon (the only objective that reads labels)");
+    }
     let mut first_epoch = 0;
     if args.resume {
         let ckpt = Checkpoint::load(&ckpt_path)?;
@@ -469,6 +537,18 @@ pub fn run(mut args: Args) -> Result<()> {
             .checkpoint(&manifest, &config, first_epoch as u64)?
             .save(&watch.good_path())?;
     }
+    // With --val: the best epoch so far by val k-NN, the frozen encoder
+    // (epoch 0) included, is what gets exported.
+    let best_path = args.out.join("checkpoint.best.safetensors");
+    let mut best = match frozen {
+        None => None,
+        Some(_) if args.resume && best_path.exists() => Some(Best::read(&best_path)?),
+        Some((frozen_knn, _)) => {
+            let best = Best::new(0, frozen_knn);
+            best.save(&trainer, &manifest, &config, &best_path)?;
+            Some(best)
+        }
+    };
     for epoch in first_epoch..args.epochs {
         let t = Instant::now();
         let bar = progress(steps as u64, &format!("epoch {}", epoch + 1));
@@ -570,6 +650,14 @@ pub fn run(mut args: Args) -> Result<()> {
             .open(&log_path)?;
         f.write_all(line.as_bytes())?;
         f.sync_all()?;
+        // Before the checkpoint: a kill between the two reruns this epoch,
+        // which finds the same accuracy and writes the same best file.
+        if let (Some(b), Some(k)) = (best.as_mut(), knn) {
+            if f64::from(k as f32) > b.knn {
+                *b = Best::new(epoch + 1, k);
+                b.save(&trainer, &manifest, &config, &best_path)?;
+            }
+        }
         let ckpt = trainer.checkpoint(&manifest, &config, epoch as u64 + 1)?;
         ckpt.save(&ckpt_path)?;
         if symptoms.is_empty() {
@@ -577,6 +665,25 @@ pub fn run(mut args: Args) -> Result<()> {
         }
     }
 
+    if let Some(b) = &best {
+        // The best file holds that epoch's exact state (for the final
+        // epoch too, when it was the best).
+        trainer.restore_from(&Checkpoint::load(&best_path)?)?;
+        println!(
+            "exporting {} (val k-NN {:.2}%), the best on --val's t10k split{}",
+            if b.epoch == 0 {
+                "the frozen encoder (epoch 0)".to_string()
+            } else {
+                format!("epoch {}", b.epoch)
+            },
+            b.knn * 100.0,
+            if b.epoch == 0 {
+                ": no epoch beat it"
+            } else {
+                ""
+            }
+        );
+    }
     let adapted = trainer.adapt(d0.view())?;
     let after = Diagnostics::compute(adapted.view(), Some(trainer.adapt(d1.view())?.view()))?;
     match &val {
@@ -628,6 +735,26 @@ pub fn run(mut args: Args) -> Result<()> {
     Ok(())
 }
 
+/// The labels `--loss supcon` trains with: those of the first `n` images,
+/// or with `per_class`, only the first `per_class` of each class.
+fn training_labels(data: &Dataset, n: usize, per_class: Option<u64>) -> Result<Vec<Option<usize>>> {
+    let Some(labels) = data.labels() else {
+        bail!(
+            "--loss supcon needs labelled --images (class subfolders or an IDX directory with \
+             labels); use infonce for unlabelled images"
+        );
+    };
+    let mut seen = std::collections::HashMap::<usize, u64>::new();
+    Ok(labels[..n]
+        .iter()
+        .map(|&c| {
+            let count = seen.entry(c).or_insert(0);
+            *count += 1;
+            per_class.is_none_or(|k| *count <= k).then_some(c)
+        })
+        .collect())
+}
+
 /// Keeps the first `epochs` lines of the metrics log (the epochs the
 /// checkpoint holds), rewritten atomically; a line written after the last
 /// checkpoint, complete or torn by a kill, is dropped and written again when
@@ -676,8 +803,16 @@ fn memory_shape(
         bank: args.bank_size,
         batch: args.batch_size,
         bottleneck: args.bottleneck,
-        head_hidden: defaults.head_hidden,
-        head_out: defaults.head_out,
+        head_hidden: if args.head_out == 0 {
+            0
+        } else {
+            defaults.head_hidden
+        },
+        head_out: if args.head_out == 0 {
+            manifest.outputs.embedding_dim
+        } else {
+            args.head_out
+        },
         predictor: args.loss.starts_with("byol"),
         model_file_bytes: std::fs::metadata(&manifest.onnx).map_or(0, |m| m.len()),
         precision,

@@ -46,10 +46,13 @@ pub struct Args {
     /// Neighbours voting in the k-NN head.
     #[arg(short = 'k', long, default_value_t = 20)]
     k: usize,
-    /// Epochs of the adaptation step on the train images (labels unused);
-    /// 0 skips it.
+    /// Epochs of the adaptation step on the train images; 0 skips it.
     #[arg(long, default_value_t = 30, value_name = "N")]
     adapt_epochs: usize,
+    /// Objective of the adaptation step. `supcon` uses the train split's
+    /// labels (same-class images are positives); the others use none.
+    #[arg(long, default_value = "supcon:tau=0.1", value_name = "LOSS")]
+    adapt_loss: String,
     /// Augmented views per train image for the adaptation step, besides the
     /// plain embedding the demo already has.
     #[arg(long, default_value_t = 1, value_name = "V")]
@@ -60,6 +63,8 @@ pub struct Args {
 #[derive(Debug, Serialize)]
 struct AdaptReport {
     loss: String,
+    /// Whether the train split's labels were used (`supcon`).
+    labelled: bool,
     epochs: usize,
     augmented_views: usize,
     seconds: f64,
@@ -330,9 +335,10 @@ struct Labelled<'a> {
     classes: Vec<String>,
 }
 
-/// Adapts on the train images without their labels (`edgeclr adapt`'s
-/// trainer; views: the plain embedding the demo has plus `adapt_views`
-/// augmented ones), then scores frozen vs adapted on the test split.
+/// Adapts on the train images (`edgeclr adapt`'s trainer; with `supcon`,
+/// the default, using their labels; views: the plain embedding the demo has
+/// plus `adapt_views` augmented ones), then scores frozen vs adapted on the
+/// test split, which training never sees.
 fn adapt_step(
     args: &Args,
     encoder: &mut dyn Encoder,
@@ -356,7 +362,7 @@ fn adapt_step(
     let cache = ViewCache::new(views, Precision::F32)?;
     let view_seconds = started.elapsed().as_secs_f64();
     let config = AdaptConfig {
-        loss: "infonce:tau=0.2".into(),
+        loss: args.adapt_loss.clone(),
         epochs: args.adapt_epochs,
         batch_size: 64,
         bank_size: 1024,
@@ -364,6 +370,10 @@ fn adapt_step(
     };
     let steps = Trainer::steps_per_epoch(n, config.batch_size);
     let mut trainer = Trainer::new(config.clone(), data.train.ncols(), steps)?;
+    let labelled = config.objective()?.uses_labels();
+    if labelled {
+        trainer.set_labels(data.train_labels.iter().copied().map(Some).collect());
+    }
     trainer.prefill_bank(cache.view(1).view())?;
     let bar = progress((steps * args.adapt_epochs) as u64, "adapting");
     for _ in 0..args.adapt_epochs {
@@ -392,10 +402,15 @@ fn adapt_step(
     let seconds = started.elapsed().as_secs_f64();
     println!();
     println!(
-        "adaptation ({}, {} epochs on the {n} train images without labels, {} augmented view(s); \
+        "adaptation ({}, {} epochs on the {n} train images {}, {} augmented view(s); \
          {seconds:.0}s: {view_seconds:.0}s embedding views, {:.0}s training and scoring):",
         config.loss,
         args.adapt_epochs,
+        if labelled {
+            "with their labels"
+        } else {
+            "without labels"
+        },
         args.adapt_views.max(1),
         seconds - view_seconds
     );
@@ -432,6 +447,7 @@ fn adapt_step(
     );
     Ok(AdaptReport {
         loss: config.loss,
+        labelled,
         epochs: args.adapt_epochs,
         augmented_views: args.adapt_views.max(1),
         seconds,
