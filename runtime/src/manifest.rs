@@ -91,8 +91,18 @@ pub struct PreprocessSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
-    /// Name of the `[N, D]` embedding output.
+    /// Name of the embedding tensor: a graph output, or any tensor a node
+    /// computes (a classifier's penultimate layer, an earlier block); an
+    /// intermediate tensor is made a graph output when the model is loaded.
+    /// `[N, D]`, or a feature map `[N, C, H, W]` reduced by `pool`.
     pub embedding: String,
+    /// How a feature-map embedding becomes a vector: `none` (the tensor as
+    /// it is, flattened), `mean` (`[N, C]`), `grid:GxG` (adaptive average
+    /// pooling to a G×G grid, then flattened: `[N, C·G·G]`) or `flatten`.
+    /// An earlier block with a spatial grid can classify better than the
+    /// final pooled output: it keeps where things are.
+    #[serde(default, skip_serializing_if = "Pool::is_none")]
+    pub pool: Pool,
     /// Name of the optional `[N, classes]` logits output.
     pub logits: Option<String>,
     pub embedding_dim: usize,
@@ -119,6 +129,138 @@ pub struct Manifest {
     pub input: InputSpec,
     pub preprocess: PreprocessSpec,
     pub outputs: OutputSpec,
+}
+
+/// How a feature-map embedding `[N, C, H, W]` becomes `[N, D]`
+/// ([`OutputSpec::pool`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Pool {
+    /// The tensor as the graph computes it, flattened per sample.
+    #[default]
+    None,
+    /// Global average over `H, W`: `[N, C]`.
+    Mean,
+    /// Adaptive average pooling to a `g × g` grid (PyTorch's
+    /// `adaptive_avg_pool2d` bins), flattened channel-major: `[N, C·g·g]`.
+    Grid(usize),
+    /// Every value, channel-major: `[N, C·H·W]` (a 4-D check on top of `None`).
+    Flatten,
+}
+
+impl Pool {
+    /// Whether the embedding is used as the graph computes it.
+    pub fn is_none(&self) -> bool {
+        *self == Pool::None
+    }
+
+    /// Applies the pooling to a batch of outputs. `None` passes `x` through;
+    /// the others need `[N, C, H, W]` (and a grid no finer than `H × W`).
+    pub fn apply(&self, x: ndarray::ArrayViewD<'_, f32>) -> Result<ndarray::Array2<f32>, String> {
+        let shape = x.shape().to_vec();
+        let n = shape.first().copied().unwrap_or(0);
+        if *self == Pool::None {
+            let d: usize = shape.iter().skip(1).product();
+            return x
+                .to_shape((n, d))
+                .map(|v| v.to_owned())
+                .map_err(|e| e.to_string());
+        }
+        let [n, c, h, w] = shape[..] else {
+            return Err(format!(
+                "pool = \"{self}\" needs a [N, C, H, W] feature map, the tensor is {shape:?}"
+            ));
+        };
+        let x = x
+            .into_dimensionality::<ndarray::Ix4>()
+            .map_err(|e| e.to_string())?;
+        let g = match *self {
+            Pool::Mean => 1,
+            Pool::Grid(g) if g > h || g > w => {
+                return Err(format!(
+                    "pool = \"{self}\" is finer than the {h}x{w} feature map"
+                ))
+            }
+            Pool::Grid(g) => g,
+            Pool::Flatten | Pool::None => {
+                return x
+                    .to_shape((n, c * h * w))
+                    .map(|v| v.to_owned())
+                    .map_err(|e| e.to_string())
+            }
+        };
+        // Bin i covers rows floor(i·h/g) .. ceil((i+1)·h/g), as PyTorch's.
+        let bins = |len: usize| -> Vec<(usize, usize)> {
+            (0..g)
+                .map(|i| (i * len / g, ((i + 1) * len).div_ceil(g)))
+                .collect()
+        };
+        let (rows, cols) = (bins(h), bins(w));
+        let mut out = ndarray::Array2::<f32>::zeros((n, c * g * g));
+        for s in 0..n {
+            for ch in 0..c {
+                let plane = x.slice(ndarray::s![s, ch, .., ..]);
+                for (i, &(r0, r1)) in rows.iter().enumerate() {
+                    for (j, &(c0, c1)) in cols.iter().enumerate() {
+                        let cell = plane.slice(ndarray::s![r0..r1, c0..c1]);
+                        out[[s, (ch * g + i) * g + j]] = cell.sum() / cell.len() as f32;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Display for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pool::None => f.write_str("none"),
+            Pool::Mean => f.write_str("mean"),
+            Pool::Grid(g) => write!(f, "grid:{g}x{g}"),
+            Pool::Flatten => f.write_str("flatten"),
+        }
+    }
+}
+
+impl std::str::FromStr for Pool {
+    type Err = String;
+
+    /// `none`, `mean`, `flatten` or `grid:GxG` (G ≥ 1; `grid:G` too).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("pool {s:?}: expected none, mean, flatten or grid:GxG (e.g. grid:7x7)");
+        Ok(match s.trim() {
+            "none" => Pool::None,
+            "mean" => Pool::Mean,
+            "flatten" => Pool::Flatten,
+            other => {
+                let spec = other.strip_prefix("grid:").ok_or_else(bad)?;
+                let (a, b) = spec.split_once('x').unwrap_or((spec, spec));
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a != b || a == 0 {
+                    return Err(format!(
+                        "pool {s:?}: the grid must be square and at least 1x1"
+                    ));
+                }
+                Pool::Grid(a)
+            }
+        })
+    }
+}
+
+impl TryFrom<String> for Pool {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Pool> for String {
+    fn from(p: Pool) -> String {
+        p.to_string()
+    }
 }
 
 impl Manifest {
@@ -282,6 +424,9 @@ impl fmt::Display for Manifest {
             "outputs:     embedding '{}' [N,{}]",
             self.outputs.embedding, self.outputs.embedding_dim
         )?;
+        if !self.outputs.pool.is_none() {
+            write!(f, " (pool {})", self.outputs.pool)?;
+        }
         if let Some(l) = &self.outputs.logits {
             write!(
                 f,

@@ -175,3 +175,80 @@ fn embedding_a_dataset_keeps_labels_and_order() {
     e.mapv_inplace(|v| v / n);
     assert!(max_abs_diff(e.row(0), out.embeddings.row(7)) < 1e-5);
 }
+
+/// `pool`: adaptive-average bins as PyTorch's `adaptive_avg_pool2d`
+/// (overlapping when the grid does not divide the map), mean, flatten,
+/// and the spec syntax.
+#[test]
+fn pool_grid_mean_and_flatten() {
+    use edgeclr::manifest::Pool;
+    // One sample, one channel, a 3×3 map 0..9: a 2×2 grid takes rows/cols
+    // 0..2 and 1..3 (PyTorch: start floor(i·3/2), end ceil((i+1)·3/2)).
+    let x = ndarray::Array::from_shape_vec((1, 1, 3, 3), (0..9).map(|v| v as f32).collect())
+        .unwrap()
+        .into_dyn();
+    let grid = Pool::Grid(2).apply(x.view()).unwrap();
+    assert_eq!(grid.as_slice().unwrap(), &[2.0, 3.0, 5.0, 6.0]);
+    assert_eq!(Pool::Mean.apply(x.view()).unwrap()[[0, 0]], 4.0);
+    assert_eq!(Pool::Flatten.apply(x.view()).unwrap().ncols(), 9);
+    assert_eq!(
+        Pool::Grid(3).apply(x.view()).unwrap().as_slice().unwrap()[4],
+        4.0
+    );
+    assert!(Pool::Grid(4).apply(x.view()).unwrap_err().contains("finer"));
+    let flat = ndarray::ArrayD::<f32>::zeros(vec![2, 5]);
+    assert!(Pool::Mean
+        .apply(flat.view())
+        .unwrap_err()
+        .contains("[N, C, H, W]"));
+    assert_eq!(Pool::None.apply(flat.view()).unwrap().dim(), (2, 5));
+    for spec in ["none", "mean", "flatten", "grid:7x7"] {
+        assert_eq!(spec.parse::<Pool>().unwrap().to_string(), spec);
+    }
+    assert_eq!("grid:4".parse::<Pool>().unwrap(), Pool::Grid(4));
+    for bad in ["grid:0x0", "grid:2x3", "max", "grid:x"] {
+        assert!(bad.parse::<Pool>().is_err(), "{bad}");
+    }
+}
+
+/// An intermediate tensor as the embedding: made a graph output at load,
+/// pooled to a 7×7 grid; its mean over the grid cells of each channel is
+/// the globally pooled block output, and a misspelt name lists neighbours.
+#[test]
+fn intermediate_tensor_embedding_with_grid_pooling() {
+    let mut grid = Manifest::load(&repo("models/mobilenet_v2_f13_grid7")).unwrap();
+    let image = image::open(repo("data/photos/coffee.png"))
+        .unwrap()
+        .to_rgb8();
+    let embed = |m: &Manifest| {
+        let mut enc = TractEncoder::load(m, &LoadOptions::default()).unwrap();
+        let pre = Preprocessor::new(m);
+        enc.run(pre.batch(std::slice::from_ref(&image)).unwrap().view())
+            .unwrap()
+            .embedding
+    };
+    let g = embed(&grid);
+    assert_eq!(g.dim(), (1, 96 * 49));
+    let mut mean = grid.clone();
+    mean.outputs.pool = edgeclr::manifest::Pool::Mean;
+    mean.outputs.embedding_dim = 96;
+    let m = embed(&mean);
+    // 14×14 map, 7×7 grid of 2×2 cells: the mean of the cells is the mean.
+    for c in 0..96 {
+        let cells = g
+            .slice(ndarray::s![0, c * 49..(c + 1) * 49])
+            .mean()
+            .unwrap();
+        assert!(
+            (cells - m[[0, c]]).abs() < 1e-4,
+            "channel {c}: {cells} vs {}",
+            m[[0, c]]
+        );
+    }
+    grid.outputs.embedding = "features.13x".into();
+    let err = TractEncoder::load(&grid, &LoadOptions::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("nearest names: features.13"),
+        "{err}"
+    );
+}

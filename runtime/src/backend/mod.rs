@@ -231,6 +231,79 @@ pub(crate) fn read_verified(manifest: &Manifest) -> Result<Vec<u8>, ModelError> 
     Ok(bytes)
 }
 
+/// Makes the manifest's embedding a graph output when it names a tensor
+/// inside the graph (a classifier's penultimate layer, an earlier block):
+/// ONNX Runtime only returns graph outputs, and tract's output selection
+/// reads them too. Returns whether `proto` changed. A name no node
+/// computes is an error that lists the nearest tensor names.
+pub(crate) fn expose_embedding(
+    proto: &mut tract_onnx::pb::ModelProto,
+    manifest: &Manifest,
+) -> Result<bool, ModelError> {
+    use tract_onnx::pb;
+    let name = &manifest.outputs.embedding;
+    let Some(graph) = proto.graph.as_mut() else {
+        return Ok(false);
+    };
+    if graph.output.iter().any(|o| &o.name == name) {
+        return Ok(false);
+    }
+    if !graph
+        .node
+        .iter()
+        .any(|n| n.output.iter().any(|o| o == name))
+    {
+        let mut names: Vec<&str> = graph
+            .node
+            .iter()
+            .flat_map(|n| n.output.iter().map(String::as_str))
+            .chain(graph.output.iter().map(|o| o.name.as_str()))
+            .collect();
+        names.sort_by_key(|n| strsim::levenshtein(n, name));
+        names.dedup();
+        return Err(ModelError::ManifestMismatch(format!(
+            "manifest output '{name}' is no tensor of the graph (nearest names: {})",
+            names.iter().take(5).copied().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    graph.output.insert(
+        0,
+        pb::ValueInfoProto {
+            name: name.clone(),
+            r#type: Some(pb::TypeProto {
+                denotation: String::new(),
+                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                    elem_type: pb::tensor_proto::DataType::Float as i32,
+                    shape: None,
+                })),
+            }),
+            ..Default::default()
+        },
+    );
+    Ok(true)
+}
+
+/// The embedding of a batch: the raw output pooled as the manifest says
+/// ([`crate::manifest::Pool`]), checked to be `[N, embedding_dim]` and finite.
+pub(crate) fn embedding_output(
+    manifest: &Manifest,
+    data: ndarray::ArrayViewD<f32>,
+    batch: usize,
+) -> Result<Array2<f32>, ModelError> {
+    let name = &manifest.outputs.embedding;
+    let pooled = manifest
+        .outputs
+        .pool
+        .apply(data)
+        .map_err(|e| ModelError::ManifestMismatch(format!("embedding '{name}': {e}")))?;
+    check_output(
+        name,
+        pooled.into_dyn().view(),
+        batch,
+        manifest.outputs.embedding_dim,
+    )
+}
+
 /// Checks a `[N, D]` output and returns it as a 2-D array.
 pub(crate) fn check_output(
     name: &str,

@@ -29,8 +29,8 @@ use ndarray::ArrayView4;
 
 use super::tract::check_against_manifest;
 use super::{
-    check_output, read_verified, Encoder, EncoderOutput, ExecutionProvider, LoadOptions,
-    ModelError, OrtOptions,
+    check_output, embedding_output, expose_embedding, read_verified, Encoder, EncoderOutput,
+    ExecutionProvider, LoadOptions, ModelError, OrtOptions,
 };
 use crate::inspect::{parse_proto, OnnxSummary};
 use crate::manifest::Manifest;
@@ -278,8 +278,11 @@ impl OrtEncoder {
         options: &LoadOptions,
         ort: &OrtOptions,
     ) -> Result<Self, ModelError> {
-        let bytes = read_verified(manifest)?;
-        let proto = parse_proto(&manifest.onnx, &bytes)?;
+        let mut bytes = read_verified(manifest)?;
+        let mut proto = parse_proto(&manifest.onnx, &bytes)?;
+        if expose_embedding(&mut proto, manifest)? {
+            bytes = prost::Message::encode_to_vec(&proto);
+        }
         check_against_manifest(&OnnxSummary::from_proto(&proto), manifest)?;
         drop(proto);
 
@@ -375,12 +378,7 @@ impl Encoder for OrtEncoder {
                 .map_err(backend_err)
         };
         let outs = &self.manifest.outputs;
-        let embedding = check_output(
-            &outs.embedding,
-            view(&outs.embedding)?,
-            n,
-            outs.embedding_dim,
-        )?;
+        let embedding = embedding_output(&self.manifest, view(&outs.embedding)?, n)?;
         let logits = match (&outs.logits, self.read_logits) {
             (Some(name), true) => {
                 let data = view(name)?;

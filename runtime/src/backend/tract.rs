@@ -10,7 +10,10 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::unimpl::UnimplementedOp;
 use tract_onnx::tract_core::runtime::RunOptions;
 
-use super::{check_output, read_verified, Encoder, EncoderOutput, LoadOptions, ModelError};
+use super::{
+    check_output, embedding_output, expose_embedding, read_verified, Encoder, EncoderOutput,
+    LoadOptions, ModelError,
+};
 use crate::inspect::{parse_proto, Dim, OnnxSummary};
 use crate::manifest::Manifest;
 
@@ -99,8 +102,9 @@ pub(crate) fn check_against_manifest(
         let out = summary
             .output(name)
             .ok_or_else(|| mismatch(format!("manifest output '{name}' is not a graph output")))?;
+        let pooled = name == &manifest.outputs.embedding && !manifest.outputs.pool.is_none();
         if let Some(Some(Dim::Fixed(last))) = out.dims.as_ref().map(|d| d.last().cloned()) {
-            if dim != 0 && last != dim as i64 {
+            if dim != 0 && last != dim as i64 && !pooled {
                 return Err(mismatch(format!(
                     "graph output {out} does not have the manifest's width {dim}"
                 )));
@@ -123,8 +127,9 @@ impl TractEncoder {
 
     fn load_unguarded(manifest: &Manifest, options: &LoadOptions) -> Result<Self, ModelError> {
         let bytes = read_verified(manifest)?;
-        let proto = parse_proto(&manifest.onnx, &bytes)?;
+        let mut proto = parse_proto(&manifest.onnx, &bytes)?;
         drop(bytes);
+        expose_embedding(&mut proto, manifest)?;
         check_against_manifest(&OnnxSummary::from_proto(&proto), manifest)?;
 
         let mut model = tract_onnx::onnx()
@@ -221,12 +226,7 @@ impl TractEncoder {
                 .to_plain_array_view::<f32>()
                 .map_err(backend_err)
         };
-        let embedding = check_output(
-            &self.manifest.outputs.embedding,
-            view(0)?,
-            n,
-            self.manifest.outputs.embedding_dim,
-        )?;
+        let embedding = embedding_output(&self.manifest, view(0)?, n)?;
         let logits = match (&self.manifest.outputs.logits, self.read_logits) {
             (Some(name), true) => {
                 let classes = self

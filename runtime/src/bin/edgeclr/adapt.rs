@@ -358,6 +358,14 @@ pub fn run(mut args: Args) -> Result<()> {
     let n = args.limit.map_or(data.len(), |l| l.min(data.len()));
     check_duplicates(&data, n)?;
     let manifest = args.model.manifest()?;
+    if !manifest.outputs.pool.is_none() {
+        bail!(
+            "{} pools its embedding (pool = \"{}\"): `adapt` cannot export a pooled embedding yet \
+             (the pooling is not written as ONNX nodes); adapt a manifest without `pool`",
+            manifest.name,
+            manifest.outputs.pool
+        );
+    }
     // With tail layers the backend runs the trunk (the model cut below them),
     // and the views hold the cut tensor.
     let tail = match &args.train_tail {
