@@ -21,6 +21,23 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Parses ONNX bytes into the protobuf model; `path` is only used in errors.
+/// A graph output declaration for an f32 tensor of unknown shape: how a
+/// tensor inside a graph is made an output (the trunk cut, an intermediate
+/// embedding); the runtimes infer its shape.
+pub fn float_output(name: &str) -> pb::ValueInfoProto {
+    pb::ValueInfoProto {
+        name: name.to_owned(),
+        r#type: Some(pb::TypeProto {
+            denotation: String::new(),
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: pb::tensor_proto::DataType::Float as i32,
+                shape: None,
+            })),
+        }),
+        ..Default::default()
+    }
+}
+
 pub fn parse_proto(path: &Path, bytes: &[u8]) -> Result<pb::ModelProto, ModelError> {
     let proto = tract_onnx::onnx()
         .proto_model_for_read(&mut &bytes[..])

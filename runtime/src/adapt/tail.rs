@@ -627,17 +627,7 @@ pub fn trunk_model(proto: &pb::ModelProto, cut: &str) -> Result<pb::ModelProto> 
     graph.node.retain(|_| *k.next().unwrap_or(&false));
     graph.initializer.retain(|t| needed.contains(&t.name));
     graph.value_info.retain(|v| needed.contains(&v.name));
-    graph.output = vec![pb::ValueInfoProto {
-        name: cut.to_owned(),
-        r#type: Some(pb::TypeProto {
-            denotation: String::new(),
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: pb::tensor_proto::DataType::Float as i32,
-                shape: None,
-            })),
-        }),
-        ..Default::default()
-    }];
+    graph.output = vec![crate::inspect::float_output(cut)];
     Ok(out)
 }
 

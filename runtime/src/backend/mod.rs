@@ -240,7 +240,6 @@ pub(crate) fn expose_embedding(
     proto: &mut tract_onnx::pb::ModelProto,
     manifest: &Manifest,
 ) -> Result<bool, ModelError> {
-    use tract_onnx::pb;
     let name = &manifest.outputs.embedding;
     let Some(graph) = proto.graph.as_mut() else {
         return Ok(false);
@@ -266,20 +265,7 @@ pub(crate) fn expose_embedding(
             names.iter().take(5).copied().collect::<Vec<_>>().join(", ")
         )));
     }
-    graph.output.insert(
-        0,
-        pb::ValueInfoProto {
-            name: name.clone(),
-            r#type: Some(pb::TypeProto {
-                denotation: String::new(),
-                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                    elem_type: pb::tensor_proto::DataType::Float as i32,
-                    shape: None,
-                })),
-            }),
-            ..Default::default()
-        },
-    );
+    graph.output.insert(0, crate::inspect::float_output(name));
     Ok(true)
 }
 

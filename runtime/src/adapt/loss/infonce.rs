@@ -261,6 +261,30 @@ pub fn hcl<A: Copy + Into<f64>>(
     })
 }
 
+/// The checks every bank loss makes: τ > 0, `q` and `k_pos` of one shape
+/// with at least one row, a non-empty queue as wide as `q`.
+pub(crate) fn check_bank_inputs<A>(
+    loss: &'static str,
+    q: &ArrayView2<'_, A>,
+    k_pos: &ArrayView2<'_, A>,
+    queue: &ArrayView2<'_, A>,
+    tau: f64,
+) -> Result<()> {
+    check_positive("tau", tau)?;
+    check_same_shape("q", q, "k_pos", k_pos)?;
+    check_batch(loss, "q", q, 1)?;
+    check_batch(loss, "queue", queue, 1)?;
+    if queue.ncols() != q.ncols() {
+        return Err(LossError::ShapeMismatch {
+            left: "q",
+            left_shape: [q.nrows(), q.ncols()],
+            right: "queue",
+            right_shape: [queue.nrows(), queue.ncols()],
+        });
+    }
+    Ok(())
+}
+
 /// Memory-bank InfoNCE (MoCo): queries against their keys and a queue.
 ///
 /// For each of the `B` queries, with `q̂ = q/‖q‖`, `k̂ = k⁺/‖k⁺‖`:
@@ -286,18 +310,7 @@ pub fn infonce_bank<A: Copy + Into<f64>>(
     queue: ArrayView2<'_, A>,
     tau: f64,
 ) -> Result<GradOutput> {
-    check_positive("tau", tau)?;
-    check_same_shape("q", &q, "k_pos", &k_pos)?;
-    check_batch("infonce_bank", "q", &q, 1)?;
-    check_batch("infonce_bank", "queue", &queue, 1)?;
-    if queue.ncols() != q.ncols() {
-        return Err(LossError::ShapeMismatch {
-            left: "q",
-            left_shape: [q.nrows(), q.ncols()],
-            right: "queue",
-            right_shape: [queue.nrows(), queue.ncols()],
-        });
-    }
+    check_bank_inputs("infonce_bank", &q, &k_pos, &queue, tau)?;
     let qn = normalize_rows_with_jacobian(to_f64(q, "q")?.view(), "q")?;
     let kn = normalize_rows_with_jacobian(to_f64(k_pos, "k_pos")?.view(), "k_pos")?;
     let queue = to_f64(queue, "queue")?;

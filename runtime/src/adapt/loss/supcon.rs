@@ -25,8 +25,8 @@
 use ndarray::{concatenate, s, Array2, ArrayView2, Axis};
 
 use super::{
-    check_batch, check_positive, check_same_shape, normalize_rows_with_jacobian, normalized_pair,
-    to_f32, to_f64, GradOutput, LossError, LossOutput, Result,
+    check_positive, normalize_rows_with_jacobian, normalized_pair, to_f32, to_f64, GradOutput,
+    LossError, LossOutput, Result,
 };
 
 /// The per-anchor term and its logit gradient: `l` (see the module docs)
@@ -148,18 +148,7 @@ pub fn supcon_bank<A: Copy + Into<f64>>(
     queue_labels: &[Option<usize>],
     tau: f64,
 ) -> Result<GradOutput> {
-    check_positive("tau", tau)?;
-    check_same_shape("q", &q, "k_pos", &k_pos)?;
-    check_batch("supcon_bank", "q", &q, 1)?;
-    check_batch("supcon_bank", "queue", &queue, 1)?;
-    if queue.ncols() != q.ncols() {
-        return Err(LossError::ShapeMismatch {
-            left: "q",
-            left_shape: [q.nrows(), q.ncols()],
-            right: "queue",
-            right_shape: [queue.nrows(), queue.ncols()],
-        });
-    }
+    super::infonce::check_bank_inputs("supcon_bank", &q, &k_pos, &queue, tau)?;
     let b = q.nrows();
     check_labels("labels", labels, b)?;
     check_labels("queue_labels", queue_labels, queue.nrows())?;
