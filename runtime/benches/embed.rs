@@ -12,8 +12,9 @@ use std::time::Instant;
 
 use edgeclr::backend::{load_encoder, Backend};
 use edgeclr::data::Dataset;
+use edgeclr::embed::{embed_dataset, EmbedOptions};
 use edgeclr::{LoadOptions, Manifest, Preprocessor};
-use ndarray::{s, Array4};
+use ndarray::Array4;
 
 struct Row {
     runtime: &'static str,
@@ -74,21 +75,26 @@ fn main() {
         for batch in [1usize, 32] {
             let warm: Array4<f32> = pre.batch(&images[..batch]).expect("warm-up batch");
             encoder.run(warm.view()).expect("warm-up");
+            // Decode + preprocess + run through `embed_dataset`, the path
+            // `edgeclr embed` takes (decoding overlapped with encoding), as the
+            // peer's loop does its whole pipeline.
+            let embed_options = EmbedOptions {
+                batch_size: batch,
+                limit: Some(n),
+                strict: true,
+                ..EmbedOptions::default()
+            };
             let mut lat = Vec::new();
             let t = Instant::now();
-            for start in (0..n).step_by(batch) {
-                let t1 = Instant::now();
-                let end = (start + batch).min(n);
-                // Decode + preprocess + run: the whole pipeline, as the peer does.
-                let chunk: Vec<_> = (start..end)
-                    .map(|i| data.image(i).expect("image"))
-                    .collect();
-                let x = pre.batch(&chunk).expect("preprocess");
-                let out = encoder.run(x.slice(s![.., .., .., ..])).expect("run");
-                std::hint::black_box(out);
-                lat.push(t1.elapsed().as_secs_f64() * 1e3);
-            }
+            let mut last = Instant::now();
+            let out = embed_dataset(encoder.as_mut(), &data, &embed_options, |_| {
+                lat.push(last.elapsed().as_secs_f64() * 1e3);
+                last = Instant::now();
+            })
+            .expect("embed");
             let total = t.elapsed().as_secs_f64();
+            assert_eq!(out.embeddings.nrows(), n);
+            std::hint::black_box(out);
             lat.sort_by(f64::total_cmp);
             rows.push(Row {
                 runtime,
@@ -101,18 +107,22 @@ fn main() {
         }
     }
     // Peak RSS of each backend alone: the same work in a fresh process each.
-    let rss_of = |name: &str| -> Option<f64> {
+    let rss_of = |name: &str, threads: usize| -> Option<f64> {
         let out = Command::new(std::env::current_exe().ok()?)
             .args(["--rss-only", name, "--n", &n.to_string()])
+            .args(["--threads", &threads.to_string()])
             .output()
             .ok()?;
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .find_map(|l| l.strip_prefix("RSS_MB ")?.trim().parse().ok())
     };
-    let rss: Vec<(&str, Option<f64>)> = backends
+    let rss: Vec<(&str, Option<f64>, Option<f64>)> = backends
         .iter()
-        .map(|(runtime, _)| (*runtime, rss_of(runtime.trim_start_matches("edgeclr/"))))
+        .map(|(runtime, _)| {
+            let name = runtime.trim_start_matches("edgeclr/");
+            (*runtime, rss_of(name, 1), rss_of(name, 2))
+        })
         .collect();
 
     let peer = Command::new("python3")
@@ -193,29 +203,71 @@ fn main() {
         })).collect::<Vec<_>>(),
         "peer": peer,
         "preprocess_images_per_sec": pre_rate,
-        "peak_rss_mb": rss.iter().map(|(r, mb)| (r.to_string(), serde_json::json!(mb))).collect::<serde_json::Map<_, _>>(),
+        "peak_rss_mb": rss.iter().map(|(r, mb, _)| (r.to_string(), serde_json::json!(mb))).collect::<serde_json::Map<_, _>>(),
+        "peak_rss_mb_2_threads": rss.iter().map(|(r, _, mb)| (r.to_string(), serde_json::json!(mb))).collect::<serde_json::Map<_, _>>(),
     });
     let out = repo("target/bench-embed.json");
     match std::fs::write(&out, serde_json::to_vec_pretty(&json).unwrap_or_default()) {
         Ok(()) => println!("results: {}", out.display()),
         Err(e) => eprintln!("could not write {}: {e}", out.display()),
     }
+    let mb = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0} MB"));
     let ours: Vec<String> = rss
         .iter()
-        .map(|(r, mb)| format!("{r} {}", mb.map_or("-".into(), |v| format!("{v:.0} MB"))))
+        .map(|(r, one, two)| {
+            let extra = one
+                .zip(*two)
+                .map_or("-".into(), |(a, b)| format!("{:+.0} MB", b - a));
+            format!(
+                "{r} {} (2 threads {}, per extra worker {extra})",
+                mb(*one),
+                mb(*two)
+            )
+        })
         .collect();
     println!(
         "peak RSS, each in its own process (batch 32 over the images): {}, python+onnxruntime {} MB",
         ours.join(", "),
         peer.as_ref().and_then(|p| p["peak_rss_mb"].as_f64()).map_or("-".into(), |v| format!("{v:.0}"))
     );
+
+    // The targets of the threading work, as ratios of rows of this run.
+    let rate = |runtime: &str, threads: usize, batch: usize| {
+        rows.iter()
+            .find(|r| r.runtime == runtime && r.threads == threads && r.batch == batch)
+            .map(|r| r.images_per_sec)
+    };
+    let peer_rate =
+        |threads, batch| peer_row(threads, batch).and_then(|p| p["images_per_sec"].as_f64());
+    let ratio = |a: Option<f64>, b: Option<f64>| {
+        a.zip(b)
+            .map_or("-".into(), |(a, b)| format!("{:.2}x", a / b))
+    };
+    println!("\nratios at batch 32 (target in brackets):");
+    println!(
+        "  tract 2 threads / tract 1 thread: {} (>= 1.8x)",
+        ratio(rate("edgeclr/tract", 2, 32), rate("edgeclr/tract", 1, 32))
+    );
+    println!(
+        "  tract 2 threads / python ORT+PIL 2 threads: {} (>= 0.6x)",
+        ratio(rate("edgeclr/tract", 2, 32), peer_rate(2, 32))
+    );
+    println!(
+        "  ort 2 threads / python ORT+PIL 2 threads: {} (>= 1.5x)",
+        ratio(rate("edgeclr/ort", 2, 32), peer_rate(2, 32))
+    );
 }
 
 /// Child mode: embed `n` images at batch 32 with one backend, print peak RSS.
 fn rss_only(manifest: &Manifest, backend: &str, n: usize) {
     let backend: Backend = backend.parse().expect("backend name");
+    let threads = std::env::args()
+        .skip_while(|a| a != "--threads")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1usize);
     let options = LoadOptions {
-        threads: 1,
+        threads,
         embedding_only: true,
     };
     let mut encoder = load_encoder(&backend, manifest, &options).expect("load");

@@ -164,6 +164,7 @@ pub mod error;
 pub mod inspect;
 pub mod manifest;
 pub mod metrics;
+pub mod model_init;
 pub mod plot;
 pub mod preprocess;
 pub mod probe;

@@ -119,3 +119,98 @@ fn duplicates_are_counted_by_content_not_by_name() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A scratch directory for one test, removed first if a killed run left it.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("edgeclr-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn copy_image(class: &str, file: &str, to: &std::path::Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::copy(repo(&format!("data/fashion-folder/{class}/{file}")), to).unwrap();
+}
+
+/// `train/` + `test/` class-per-subfolder trees: `test` and `t10k` name the
+/// same split, and a class missing from one split keeps every label the same
+/// class in both (numbered by the union of class names).
+#[test]
+fn split_trees_number_classes_alike_in_every_split() {
+    let dir = scratch("split-tree");
+    for class in ["Bag", "Sneaker", "Trouser"] {
+        for file in ["000.png", "001.png"] {
+            copy_image(class, file, &dir.join("train").join(class).join(file));
+        }
+    }
+    // The test split lacks "Bag": without the union, Sneaker would be label 0 there.
+    copy_image("Sneaker", "002.png", &dir.join("test/Sneaker/002.png"));
+    copy_image("Trouser", "002.png", &dir.join("test/Trouser/002.png"));
+    assert!(Dataset::has_splits(&dir));
+    let train = Dataset::open(&dir, Some("train")).unwrap();
+    assert_eq!(train.labels().unwrap(), [0, 0, 1, 1, 2, 2]);
+    for name in ["test", "t10k"] {
+        let test = Dataset::open(&dir, Some(name)).unwrap();
+        assert_eq!(test.len(), 2);
+        assert_eq!(test.labels().unwrap(), [1, 2], "split '{name}'");
+        assert_eq!(test.class_names(), train.class_names());
+    }
+    let err = Dataset::open(&dir, Some("val")).unwrap_err().to_string();
+    assert!(
+        err.contains("no 'val' split") && err.contains("train, test"),
+        "{err}"
+    );
+    // The shipped IDX directory has splits; a plain class folder does not.
+    assert!(Dataset::has_splits(&repo("data/fashion-mnist")));
+    assert!(!Dataset::has_splits(&repo("data/fashion-folder")));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// CSV lists: header optional, paths relative to the list (quoted when they
+/// hold commas), labels sorted into class names; unlabelled lists; every bad
+/// row refused with its line number.
+#[test]
+fn csv_image_lists_with_and_without_labels() {
+    let dir = scratch("csv-list");
+    copy_image("Bag", "000.png", &dir.join("imgs/a.png"));
+    copy_image("Trouser", "001.png", &dir.join("imgs/b, with comma.png"));
+    copy_image("Sneaker", "002.png", &dir.join("c.png"));
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let list = write(
+        "list.csv",
+        "path,label\nimgs/a.png,Bag\n\"imgs/b, with comma.png\",Trouser\n# a comment\nc.png,Bag\n",
+    );
+    let data = Dataset::open(&list, None).unwrap();
+    assert_eq!(data.len(), 3);
+    assert_eq!(data.class_names().unwrap(), ["Bag", "Trouser"]);
+    assert_eq!(data.labels().unwrap(), [0, 1, 0]);
+    assert!(data.describe(1).ends_with("b, with comma.png"));
+    let direct = edgeclr::data::decode_image(
+        &repo("data/fashion-folder/Trouser/001.png"),
+        Default::default(),
+    )
+    .unwrap();
+    assert_eq!(data.image(1).unwrap(), direct);
+
+    let unlabelled = write("plain.csv", "imgs/a.png\nc.png\n");
+    let data = Dataset::open(&unlabelled, None).unwrap();
+    assert_eq!(data.len(), 2);
+    assert!(data.labels().is_none());
+
+    for (text, wanted) in [
+        ("imgs/a.png,Bag\nmissing.png,Bag\n", ":2: "),
+        ("imgs/a.png,Bag\nc.png\n", "every row needs a label"),
+        ("imgs/a.png,Bag,extra\n", "3 columns"),
+        ("path,label\n", "no images found"),
+    ] {
+        let bad = write("bad.csv", text);
+        let err = Dataset::open(&bad, None).unwrap_err().to_string();
+        assert!(err.contains(wanted), "{text:?}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

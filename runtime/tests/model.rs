@@ -176,6 +176,61 @@ fn embedding_a_dataset_keeps_labels_and_order() {
     assert!(max_abs_diff(e.row(0), out.embeddings.row(7)) < 1e-5);
 }
 
+/// tract with worker threads gives the single-threaded embeddings, rows in
+/// dataset order, for batches that split evenly, unevenly and not at all;
+/// shards concatenate to the unsharded output.
+#[test]
+fn worker_threads_and_shards_keep_the_single_threaded_result() {
+    let folder = Dataset::open(&repo("data/fashion-folder"), None).unwrap();
+    let embed = |threads: usize, batch_size: usize, shard: Option<&str>| {
+        let mut encoder = TractEncoder::load(
+            &default_manifest(),
+            &LoadOptions {
+                threads,
+                embedding_only: true,
+            },
+        )
+        .unwrap();
+        let options = EmbedOptions {
+            batch_size,
+            shard: shard.map(|s| s.parse().unwrap()),
+            ..EmbedOptions::default()
+        };
+        embed_dataset(&mut encoder, &folder, &options, |_| {}).unwrap()
+    };
+    let serial = embed(1, 15, None);
+    assert_eq!(serial.embeddings.nrows(), 15);
+    for (threads, batch) in [(2, 15), (3, 4), (2, 1), (8, 5)] {
+        let parallel = embed(threads, batch, None);
+        assert_eq!(parallel.indices, serial.indices);
+        let diff = max_abs_diff(parallel.embeddings.view(), serial.embeddings.view());
+        assert!(
+            diff < 1e-5,
+            "{threads} threads, batch {batch}: differs by {diff}"
+        );
+    }
+    let shards: Vec<_> = (1..=4)
+        .map(|i| embed(2, 3, Some(&format!("{i}/4"))))
+        .collect();
+    let rows: Vec<usize> = shards.iter().map(|s| s.embeddings.nrows()).collect();
+    assert_eq!(
+        rows,
+        [3, 4, 4, 4],
+        "contiguous shards of 15, sizes within one"
+    );
+    let views: Vec<_> = shards.iter().map(|s| s.embeddings.view()).collect();
+    let joined = ndarray::concatenate(Axis(0), &views).unwrap();
+    assert!(max_abs_diff(joined.view(), serial.embeddings.view()) < 1e-5);
+    let indices: Vec<usize> = shards.iter().flat_map(|s| s.indices.clone()).collect();
+    assert_eq!(indices, serial.indices);
+    for bad in ["0/4", "5/4", "0/0", "1/0", "2", "a/b", "-1/3"] {
+        assert!(
+            bad.parse::<edgeclr::embed::Shard>().is_err(),
+            "{bad} accepted"
+        );
+    }
+}
+
 /// `pool`: adaptive-average bins as PyTorch's `adaptive_avg_pool2d`
 /// (overlapping when the grid does not divide the map), mean, flatten,
 /// and the spec syntax.

@@ -17,5 +17,7 @@ mod export;
 mod losses;
 mod metrics;
 mod model;
+mod model_init;
 mod ort_parity;
 mod probe;
+mod second_model;

@@ -7,7 +7,7 @@
 //!
 //! | part | size |
 //! | --- | --- |
-//! | encoder | `model_overhead × model file` + `runtime_base` (tract keeps the weights, an optimised copy and per-call activations; the export decodes and re-encodes the graph) |
+//! | encoder | `model_overhead × model file` + `runtime_base` (tract keeps the weights, an optimised copy and per-call activations; the export decodes and re-encodes the graph), + `worker × (threads − 1)` (each extra encoder thread's activations and allocator arena) |
 //! | view cache | `images × views × dim × 4` (f32) or `× 2` (f16) |
 //! | cache build | one view of `images × dim × 4` in f32 parts, concatenated at the end |
 //! | diagnostics | four `images × dim × 4` copies (two adapted views, their L2-normalised copies) |
@@ -17,7 +17,7 @@
 //! | step | `batch × (4·dim + 3·head_hidden + 4·head_out) × 4 × 2` views |
 //!
 //! The planner first tries the requested settings; if they do not fit it
-//! switches the cache to f16 (when the caller can store one), then halves the
+//! runs the encoder on one thread (slower, same results), then switches the cache to f16 (when the caller can store one), then halves the
 //! bank (keeping it a multiple of the batch, down to `min_bank`), then halves
 //! the batch (down to `min_batch`, halving the bank along with it so it stays
 //! a multiple). If nothing fits it refuses with the smallest estimate it
@@ -48,6 +48,8 @@ pub struct RunShape {
     /// Size of the ONNX file on disk.
     pub model_file_bytes: u64,
     pub precision: Precision,
+    /// Encoder threads (`--threads`).
+    pub threads: usize,
 }
 
 /// Calibration of the parts that are not plain buffers.
@@ -57,6 +59,8 @@ pub struct Calibration {
     pub model_overhead: f64,
     /// Process, runtime and one image's activations, independent of the model file.
     pub runtime_base: u64,
+    /// Each encoder thread beyond the first.
+    pub worker: u64,
 }
 
 impl Default for Calibration {
@@ -64,11 +68,14 @@ impl Default for Calibration {
     /// tract-only process peaks at 66 MB, and `edgeclr adapt` on 64 images at
     /// 118 MiB, the export adding a decoded and a re-encoded copy of the
     /// graph (≈ 2 × file). 5 × file + 32 MiB keeps the estimate above what
-    /// was measured; see docs/notes-diag.md.
+    /// was measured; see docs/notes-diag.md. A second encoder thread added
+    /// 64 MiB to that run and a third 33 (its own activations and glibc
+    /// malloc arena): 64 MiB each keeps above it.
     fn default() -> Self {
         Self {
             model_overhead: 5.0,
             runtime_base: 32 * MIB,
+            worker: 64 * MIB,
         }
     }
 }
@@ -134,7 +141,9 @@ pub fn estimate(shape: &RunShape, cal: &Calibration) -> Estimate {
         weights += o * h + h + h * o + o;
     }
     Estimate {
-        encoder: (cal.model_overhead * shape.model_file_bytes as f64) as u64 + cal.runtime_base,
+        encoder: (cal.model_overhead * shape.model_file_bytes as f64) as u64
+            + cal.runtime_base
+            + cal.worker * u(shape.threads.saturating_sub(1)),
         cache: n * u(shape.views) * d * shape.precision.bytes() as u64,
         cache_build: n * d * f32b,
         diagnostics: 4 * n * d * f32b,
@@ -226,6 +235,10 @@ pub fn plan(
     let mut shape = requested.clone();
     let mut changes = Vec::new();
     let fits = |s: &RunShape| estimate(s, cal).total() <= budget;
+    if !fits(&shape) && shape.threads > 1 {
+        changes.push(format!("encoder threads {} → 1", shape.threads));
+        shape.threads = 1;
+    }
     if !fits(&shape) && limits.allow_f16 && shape.precision == Precision::F32 {
         shape.precision = Precision::F16;
         changes.push("view cache f32 → f16".to_string());
@@ -286,6 +299,7 @@ mod tests {
             predictor: false,
             model_file_bytes: 14 * MIB,
             precision: Precision::F32,
+            threads: 1,
         }
     }
 
@@ -378,5 +392,22 @@ mod tests {
         let p = plan(&s, budget, &limits, &cal()).unwrap();
         assert_eq!(p.shape.bank, 0);
         assert!(p.shape.batch < 64);
+    }
+
+    #[test]
+    fn extra_encoder_threads_are_counted_and_dropped_first() {
+        let one = shape(1000);
+        let two = RunShape {
+            threads: 2,
+            ..one.clone()
+        };
+        let (e1, e2) = (estimate(&one, &cal()), estimate(&two, &cal()));
+        assert_eq!(e2.encoder - e1.encoder, cal().worker);
+        // A budget that fits one thread but not two: threads go first, the
+        // cache, bank and batch stay as requested.
+        let budget = e1.total() + cal().worker / 2;
+        let plan = plan(&two, budget, &PlanLimits::default(), &cal()).unwrap();
+        assert_eq!(plan.shape, one);
+        assert_eq!(plan.changes, ["encoder threads 2 → 1"]);
     }
 }

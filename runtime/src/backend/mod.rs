@@ -89,7 +89,10 @@ pub trait Encoder: Send {
 /// Options fixed when a model is loaded.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Worker threads for the backend's matrix kernels (1 = single-threaded).
+    /// Threads the backend may use (1 = single-threaded). tract splits a
+    /// batch of several images between that many workers and multithreads
+    /// its matrix kernels for a single image; ONNX Runtime uses them as
+    /// intra-op threads.
     pub threads: usize,
     /// Skip reading the logits output even when the manifest names one.
     pub embedding_only: bool,

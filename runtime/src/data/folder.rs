@@ -40,10 +40,48 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     Ok(entries)
 }
 
+/// The class-per-subfolder names under `dir` that hold at least one image, sorted.
+pub(super) fn class_dirs(dir: &Path) -> Result<Vec<String>, DataError> {
+    let mut names = Vec::new();
+    for sub in sorted_entries(dir)?.iter().filter(|p| p.is_dir()) {
+        if sorted_entries(sub)?.iter().any(|p| is_image(p)) {
+            names.push(
+                sub.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    Ok(names)
+}
+
 impl ImageFolder {
     /// Scans `dir`. Images directly inside make an unlabelled set; otherwise
     /// each subfolder holding images is a class.
     pub fn open(dir: &Path) -> Result<Self, DataError> {
+        Self::open_with_classes(dir, None)
+    }
+
+    /// A list of image files with their labels (from a CSV list, say).
+    /// `labels[i]` indexes `classes`.
+    pub fn from_files(
+        files: Vec<PathBuf>,
+        labels: Option<Vec<usize>>,
+        classes: Option<Vec<String>>,
+    ) -> Self {
+        Self {
+            files,
+            labels,
+            classes,
+            limits: DecodeLimits::default(),
+        }
+    }
+
+    /// As [`ImageFolder::open`], with the class list given: one split of a
+    /// `train/` + `test/` tree numbers its classes by the union of both
+    /// splits' class names, so label `i` is the same class in each, even when
+    /// one split lacks a class.
+    pub fn open_with_classes(dir: &Path, classes: Option<&[String]>) -> Result<Self, DataError> {
         let entries = sorted_entries(dir)?;
         let files: Vec<PathBuf> = entries.iter().filter(|p| is_image(p)).cloned().collect();
         if !files.is_empty() {
@@ -54,6 +92,7 @@ impl ImageFolder {
                 limits: DecodeLimits::default(),
             });
         }
+        let given = classes;
         let mut files = Vec::new();
         let mut labels = Vec::new();
         let mut classes = Vec::new();
@@ -69,9 +108,23 @@ impl ImageFolder {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            labels.extend(std::iter::repeat_n(classes.len(), images.len()));
-            classes.push(name);
+            let label = match given {
+                Some(given) => given.iter().position(|c| *c == name).ok_or_else(|| {
+                    DataError::Labels(format!(
+                        "{}: class '{name}' is not in the class list",
+                        sub.display()
+                    ))
+                })?,
+                None => {
+                    classes.push(name);
+                    classes.len() - 1
+                }
+            };
+            labels.extend(std::iter::repeat_n(label, images.len()));
             files.extend(images);
+        }
+        if let Some(given) = given {
+            classes = given.to_vec();
         }
         if files.is_empty() {
             return Err(DataError::Empty(dir.to_path_buf()));

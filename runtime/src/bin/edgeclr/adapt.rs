@@ -41,10 +41,16 @@ pub struct Args {
     /// its own class of one.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub labels_per_class: Option<u64>,
-    /// Labelled IDX directory for evaluation only: k-NN and linear probe fitted
-    /// on its `train` split, scored on its `t10k` split, every epoch.
+    /// Labelled data for evaluation only, never trained on: k-NN and linear
+    /// probe fitted on its train split, scored on its test split, every
+    /// epoch. An IDX directory (train + t10k), a split tree (`train/` and
+    /// `test/` class-per-subfolder folders), or, with --val-test, the train
+    /// part alone (a folder, CSV list or IDX file).
     #[arg(long, value_name = "DIR")]
     pub val: Option<PathBuf>,
+    /// The test part of --val, when --val names only its train part.
+    #[arg(long, value_name = "PATH", requires = "val")]
+    pub val_test: Option<PathBuf>,
     /// Run directory: checkpoint, metrics.jsonl, exported model.
     #[arg(long, short = 'o', value_name = "RUN_DIR")]
     pub out: PathBuf,
@@ -200,14 +206,43 @@ fn probe_acc(train: &Array2<f32>, val: &Val, test: &Array2<f32>) -> Result<f64> 
     Ok(probe.accuracy(test.view(), &val.test_labels)?)
 }
 
-fn load_val(encoder: &mut dyn Encoder, dir: &Path) -> Result<Val> {
+/// The train and test parts of `--val` (and `--val-test`).
+fn val_datasets(val: &Path, val_test: Option<&Path>) -> Result<(Dataset, Dataset)> {
+    let open = |path: &Path, split: Option<&str>| {
+        Dataset::open(path, split).with_context(|| format!("opening {}", path.display()))
+    };
+    match val_test {
+        Some(test) => Ok((open(val, None)?, open(test, None)?)),
+        None if Dataset::has_splits(val) => {
+            Ok((open(val, Some("train"))?, open(val, Some("test"))?))
+        }
+        None => bail!(
+            "--val {} has no train and test splits (an IDX directory or train/ + test/ folders); \
+             name the test part with --val-test",
+            val.display()
+        ),
+    }
+}
+
+fn load_val(encoder: &mut dyn Encoder, val: &Path, val_test: Option<&Path>) -> Result<Val> {
+    let (train_set, test_set) = val_datasets(val, val_test)?;
+    if train_set.class_names() != test_set.class_names() {
+        bail!(
+            "--val: the train and test parts have different classes ({:?} against {:?})",
+            train_set.class_names().unwrap_or_default(),
+            test_set.class_names().unwrap_or_default()
+        );
+    }
     let mut split = |name: &str| -> Result<(Array2<f32>, Vec<usize>, Vec<String>)> {
-        let data =
-            Dataset::open(dir, Some(name)).with_context(|| format!("opening {}", dir.display()))?;
+        let data = if name == "train" {
+            &train_set
+        } else {
+            &test_set
+        };
         let bar = progress(data.len() as u64, &format!("val {name}"));
         let out = embed_dataset(
             encoder,
-            &data,
+            data,
             &EmbedOptions {
                 strict: true,
                 ..EmbedOptions::default()
@@ -219,7 +254,7 @@ fn load_val(encoder: &mut dyn Encoder, dir: &Path) -> Result<Val> {
         Ok((out.embeddings, labels, out.class_names.unwrap_or_default()))
     };
     let (train, train_labels, classes) = split("train")?;
-    let (test, test_labels, _) = split("t10k")?;
+    let (test, test_labels, _) = split("test")?;
     Ok(Val {
         train,
         train_labels,
@@ -400,6 +435,7 @@ pub fn run(mut args: Args) -> Result<()> {
     if let Some(plan) = super::memory::plan(shape, args.memory_budget, allow_f16)? {
         (args.bank_size, args.batch_size) = (plan.bank, plan.batch);
         precision = plan.precision;
+        args.model.threads = plan.threads;
     }
     let config = AdaptConfig {
         loss: args.loss.clone(),
@@ -510,7 +546,7 @@ pub fn run(mut args: Args) -> Result<()> {
     let val = args
         .val
         .as_deref()
-        .map(|d| load_val(&mut *encoder, d))
+        .map(|d| load_val(&mut *encoder, d, args.val_test.as_deref()))
         .transpose()?;
 
     if !args.resume {
@@ -678,7 +714,7 @@ pub fn run(mut args: Args) -> Result<()> {
         // epoch too, when it was the best).
         trainer.restore_from(&Checkpoint::load(&best_path)?)?;
         println!(
-            "exporting {} (val k-NN {:.2}%), the best on --val's t10k split{}",
+            "exporting {} (val k-NN {:.2}%), the best on --val's test split{}",
             if b.epoch == 0 {
                 "the frozen encoder (epoch 0)".to_string()
             } else {
@@ -795,11 +831,10 @@ fn memory_shape(
     precision: Precision,
 ) -> Result<RunShape> {
     let val_images = match &args.val {
-        Some(dir) => ["train", "t10k"]
-            .iter()
-            .map(|s| Dataset::open(dir, Some(s)).map(|d| d.len()))
-            .sum::<Result<usize, _>>()
-            .with_context(|| format!("opening {}", dir.display()))?,
+        Some(val) => {
+            let (train, test) = val_datasets(val, args.val_test.as_deref())?;
+            train.len() + test.len()
+        }
         None => 0,
     };
     let defaults = AdaptConfig::default();
@@ -824,5 +859,6 @@ fn memory_shape(
         predictor: args.loss.starts_with("byol"),
         model_file_bytes: std::fs::metadata(&manifest.onnx).map_or(0, |m| m.len()),
         precision,
+        threads: args.model.threads,
     })
 }

@@ -9,6 +9,22 @@ use edgeclr::backend::{load_encoder, Backend, ExecutionProvider};
 use edgeclr::{Encoder, LoadOptions, Manifest};
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// The cores this process may use (its CPU affinity, cgroup quota), as
+/// the standard library reports them; 1 when it cannot tell.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// A count flag that must be at least 1 (threads, batch size): 0 is refused
+/// by name rather than quietly read as 1.
+pub fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("'{s}' is not a count: {e}")),
+    }
+}
+
 /// The model every verb uses unless told otherwise.
 pub const DEFAULT_MODEL: &str = "models/mobilenet_v2";
 
@@ -20,8 +36,10 @@ pub struct ModelArgs {
     /// MobileNetV2 (models/mobilenet_v2).
     #[arg(long, short = 'm', value_name = "MODEL")]
     pub model: Option<PathBuf>,
-    /// Worker threads for the backend (a Jetson Nano or Pi 4 has 4 cores).
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    /// Threads for the backend (default: this machine's cores; a Jetson Nano
+    /// or Pi 4 has 4). tract splits each batch between them; ONNX Runtime
+    /// uses them inside ops.
+    #[arg(long, default_value_t = default_threads(), value_name = "N", value_parser = at_least_one)]
     pub threads: usize,
     /// Inference backend: `tract` (pure Rust, built in) or `ort` (ONNX
     /// Runtime, loaded from a libonnxruntime.so; needs a build with

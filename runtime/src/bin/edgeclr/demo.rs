@@ -26,7 +26,8 @@ use super::common::{progress, shipped, ModelArgs};
 pub struct Args {
     #[command(flatten)]
     model: ModelArgs,
-    /// Labelled IDX data with train and t10k splits.
+    /// Labelled data with train and test splits: an IDX directory (train +
+    /// t10k) or a split tree (`train/` and `test/` class-per-subfolder folders).
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     /// Where embeddings, heads and the JSON report are written.
@@ -57,6 +58,13 @@ pub struct Args {
     /// plain embedding the demo already has.
     #[arg(long, default_value_t = 1, value_name = "V")]
     adapt_views: usize,
+    /// Width of the adaptation step's projection head; 0 trains the
+    /// adapter's output directly (no head).
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    adapt_head_out: usize,
+    /// Learning rate of the adaptation step.
+    #[arg(long, default_value_t = AdaptConfig::default().lr, value_name = "LR")]
+    adapt_lr: f32,
 }
 
 /// Frozen vs adapted, as the adaptation step measured them.
@@ -214,7 +222,7 @@ pub fn run(args: Args) -> Result<()> {
                 normalized: false,
                 source: data.display().to_string(),
                 class_names: e.class_names.clone(),
-                skipped: vec![],
+                ..EmbeddingMeta::default()
             },
         }
         .save(&args.out.join(format!("{name}.npy")))?;
@@ -366,6 +374,8 @@ fn adapt_step(
         epochs: args.adapt_epochs,
         batch_size: 64,
         bank_size: 1024,
+        head_out: args.adapt_head_out,
+        lr: args.adapt_lr,
         ..AdaptConfig::default()
     };
     let steps = Trainer::steps_per_epoch(n, config.batch_size);

@@ -10,6 +10,7 @@ mod info;
 mod knn;
 mod memory;
 mod metrics;
+mod model;
 mod probe;
 mod watch;
 
@@ -43,6 +44,11 @@ enum Command {
     /// Embed the shipped Fashion-MNIST sample with the default model, train a
     /// linear probe and a k-NN head, print accuracies and diagnostics.
     Demo(demo::Args),
+    /// Bring your own model: `model init MODEL.onnx` writes its manifest.
+    #[command(subcommand)]
+    Model(model::Command),
+    /// The models available here (manifests under models/), with licence and size.
+    Models(model::ListArgs),
     /// Describe a model: inputs, outputs, operators, manifest, and whether the
     /// tract backend can run it.
     Info(info::Args),
@@ -109,6 +115,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Model(cmd) => model::run(cmd),
+        Command::Models(args) => model::list(args),
         Command::Info(args) => info::run(args),
         Command::Classify(args) => classify::run(args),
         Command::Embed(args) => embed::run(args),

@@ -2,6 +2,14 @@
 //! `NAME.labels.npy` (i64 `[n]`, when labelled) and `NAME.json` (provenance:
 //! model, normalisation, class names, skipped inputs). Every file is written
 //! atomically, so an interrupted run never leaves a half-written array.
+//!
+//! For data tools, the same set can be written as one Parquet table (a row per
+//! image: index, path, label, embedding; `parquet_file.rs`) or one
+//! safetensors file (`safetensors_file.rs`), with the provenance inside.
+
+#[cfg(feature = "parquet")]
+mod parquet_file;
+mod safetensors_file;
 
 use std::fs::File;
 use std::io::Write;
@@ -43,6 +51,49 @@ pub struct EmbeddingMeta {
     pub class_names: Option<Vec<String>>,
     #[serde(default)]
     pub skipped: Vec<String>,
+    /// `I/N` when this file holds one shard of a job (`embed --shard`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
+    /// For a shard: the dataset index of its first row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_index: Option<usize>,
+    /// Hex sha256 of the ONNX file that made the embeddings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_sha256: Option<String>,
+}
+
+/// The file formats an embedding set can be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// `NAME.npy` + `NAME.labels.npy` + `NAME.json`.
+    #[default]
+    Npy,
+    /// One Parquet table, a row per image.
+    Parquet,
+    /// One safetensors file.
+    Safetensors,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "npy" => Ok(Format::Npy),
+            "parquet" => Ok(Format::Parquet),
+            "safetensors" => Ok(Format::Safetensors),
+            _ => Err(format!("unknown format '{s}' (npy, parquet, safetensors)")),
+        }
+    }
+}
+
+/// What each row of an embedding set came from, for the formats that keep it
+/// beside the embedding: its dataset index and its path (or `file[i]` for an
+/// image inside an IDX file).
+#[derive(Debug, Clone, Copy)]
+pub struct Rows<'a> {
+    pub indices: &'a [usize],
+    pub paths: &'a [String],
 }
 
 /// Embeddings with optional labels and their metadata.
@@ -153,6 +204,60 @@ impl EmbeddingSet {
             message: e.to_string(),
         })?;
         write_atomic(&meta_path(npy), |f| f.write_all(&meta))
+    }
+
+    /// Writes the set in `format`; `rows` (one entry per embedding) is kept
+    /// by Parquet and safetensors, and ignored by `.npy`.
+    pub fn save_as(&self, path: &Path, format: Format, rows: &Rows) -> Result<(), StoreError> {
+        let n = self.embeddings.nrows();
+        if let Some(labels) = &self.labels {
+            if labels.len() != n {
+                return Err(StoreError::CountMismatch {
+                    embeddings: n,
+                    labels: labels.len(),
+                });
+            }
+        }
+        if format != Format::Npy && (rows.indices.len() != n || rows.paths.len() != n) {
+            return Err(StoreError::Meta {
+                path: path.to_path_buf(),
+                message: format!(
+                    "{n} embeddings but {} indices and {} paths",
+                    rows.indices.len(),
+                    rows.paths.len()
+                ),
+            });
+        }
+        let meta = serde_json::to_string(&self.meta).map_err(|e| StoreError::Meta {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let mut metadata = vec![
+            ("edgeclr.meta".to_owned(), meta),
+            ("model".to_owned(), self.meta.model.clone()),
+            (
+                "embedding_dim".to_owned(),
+                self.embeddings.ncols().to_string(),
+            ),
+        ];
+        if let Some(sha) = &self.meta.model_sha256 {
+            metadata.push(("model_sha256".to_owned(), sha.clone()));
+        }
+        match format {
+            Format::Npy => self.save(path),
+            #[cfg(feature = "parquet")]
+            Format::Parquet => parquet_file::write(path, self, rows, metadata),
+            #[cfg(not(feature = "parquet"))]
+            Format::Parquet => Err(StoreError::Meta {
+                path: path.to_path_buf(),
+                message: format!(
+                    "this edgeclr was built without Parquet support ({} metadata fields unused); \
+                     rebuild with the `parquet` feature",
+                    metadata.len()
+                ),
+            }),
+            Format::Safetensors => safetensors_file::write(path, self, rows, metadata),
+        }
     }
 
     /// Reads an embeddings file with its labels and metadata when present.
