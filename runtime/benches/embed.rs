@@ -1,7 +1,7 @@
 //! Embedding benchmark: edgeclr (tract) against Python onnxruntime + PIL on
 //! the same model and images, in the same run. Prints a table and ratios.
 //!
-//! `cargo bench -p edgeclr --bench embed [-- --n 64]`
+//! `cargo bench -p edgeclr --bench embed [-- --n 64 --rounds 3]`
 //!
 //! Not a timed test: the numbers depend on the machine and its load; compare
 //! rows of one run, not runs of different days.
@@ -36,12 +36,66 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-fn main() {
-    let n = std::env::args()
-        .skip_while(|a| a != "--n")
+/// The value after `flag` on the command line.
+fn arg<T: std::str::FromStr>(flag: &str) -> Option<T> {
+    std::env::args()
+        .skip_while(|a| a != flag)
         .nth(1)
         .and_then(|v| v.parse().ok())
-        .unwrap_or(64usize);
+}
+
+/// One run of the Python peer (its JSON), or `None` with the reason on stderr.
+fn run_peer(manifest: &Manifest, images: &std::path::Path, n: usize) -> Option<serde_json::Value> {
+    let out = Command::new("python3")
+        .arg(repo("runtime/benches/peer_onnxruntime.py"))
+        .arg("--model")
+        .arg(&manifest.onnx)
+        .arg("--images")
+        .arg(images)
+        .args(["--n", &n.to_string()])
+        .env_remove("OPENBLAS_CORETYPE")
+        .env_remove("OPENBLAS_L2_SIZE")
+        .output();
+    match out {
+        Ok(out) if out.status.success() => serde_json::from_slice(&out.stdout).ok(),
+        Ok(out) => {
+            eprintln!("peer failed: {}", String::from_utf8_lossy(&out.stderr));
+            None
+        }
+        Err(e) => {
+            eprintln!("peer not run (python3: {e})");
+            None
+        }
+    }
+}
+
+/// The peer's runs merged: each (threads, batch) row from its fastest round.
+fn best_peer(runs: Vec<serde_json::Value>) -> Option<serde_json::Value> {
+    let mut runs = runs.into_iter();
+    let mut best = runs.next()?;
+    for run in runs {
+        let Some(rows) = run["embed"].as_array() else {
+            continue;
+        };
+        for row in rows {
+            if let Some(slot) = best["embed"].as_array_mut().and_then(|b| {
+                b.iter_mut()
+                    .find(|r| r["threads"] == row["threads"] && r["batch"] == row["batch"])
+            }) {
+                if row["images_per_sec"].as_f64() > slot["images_per_sec"].as_f64() {
+                    *slot = row.clone();
+                }
+            }
+        }
+        if run["preprocess_images_per_sec"].as_f64() > best["preprocess_images_per_sec"].as_f64() {
+            best["preprocess_images_per_sec"] = run["preprocess_images_per_sec"].clone();
+        }
+    }
+    Some(best)
+}
+
+fn main() {
+    let n = arg("--n").unwrap_or(64usize);
     let manifest = Manifest::load(&repo("models/mobilenet_v2")).expect("default model manifest");
     if let Some(backend) = std::env::args().skip_while(|a| a != "--rss-only").nth(1) {
         rss_only(&manifest, &backend, n);
@@ -65,7 +119,12 @@ fn main() {
     if cfg!(feature = "ort") && std::env::var_os("ORT_DYLIB_PATH").is_some() {
         backends.push(("edgeclr/ort", "ort".parse().expect("ort backend name")));
     }
-    let mut rows = Vec::new();
+    // Every configuration, and the Python peer, once per round, in turn:
+    // this machine's speed drifts by 10-30 % over a minute (a shared VM),
+    // so a ratio of two rows measured a minute apart says more about the
+    // drift than the code. Each row keeps its best round.
+    let rounds = arg("--rounds").unwrap_or(3usize).max(1);
+    let mut encoders = Vec::new();
     for ((runtime, backend), threads) in backends.iter().flat_map(|b| [1, 2].map(|t| (b, t))) {
         let options = LoadOptions {
             threads,
@@ -75,37 +134,55 @@ fn main() {
         for batch in [1usize, 32] {
             let warm: Array4<f32> = pre.batch(&images[..batch]).expect("warm-up batch");
             encoder.run(warm.view()).expect("warm-up");
-            // Decode + preprocess + run through `embed_dataset`, the path
-            // `edgeclr embed` takes (decoding overlapped with encoding), as the
-            // peer's loop does its whole pipeline.
-            let embed_options = EmbedOptions {
-                batch_size: batch,
-                limit: Some(n),
-                strict: true,
-                ..EmbedOptions::default()
-            };
-            let mut lat = Vec::new();
-            let t = Instant::now();
-            let mut last = Instant::now();
-            let out = embed_dataset(encoder.as_mut(), &data, &embed_options, |_| {
-                lat.push(last.elapsed().as_secs_f64() * 1e3);
-                last = Instant::now();
-            })
-            .expect("embed");
-            let total = t.elapsed().as_secs_f64();
-            assert_eq!(out.embeddings.nrows(), n);
-            std::hint::black_box(out);
-            lat.sort_by(f64::total_cmp);
-            rows.push(Row {
-                runtime,
-                threads,
-                batch,
-                images_per_sec: n as f64 / total,
-                p50_ms: percentile(&lat, 0.5),
-                p99_ms: percentile(&lat, 0.99),
-            });
         }
+        encoders.push((*runtime, threads, encoder));
     }
+    let mut rows: Vec<Row> = Vec::new();
+    let mut peers: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..rounds {
+        for (runtime, threads, encoder) in encoders.iter_mut() {
+            for batch in [1usize, 32] {
+                // Decode + preprocess + run through `embed_dataset`, the path
+                // `edgeclr embed` takes (decoding overlapped with encoding), as
+                // the peer's loop does its whole pipeline.
+                let embed_options = EmbedOptions {
+                    batch_size: batch,
+                    limit: Some(n),
+                    strict: true,
+                    ..EmbedOptions::default()
+                };
+                let mut lat = Vec::new();
+                let t = Instant::now();
+                let mut last = Instant::now();
+                let out = embed_dataset(encoder.as_mut(), &data, &embed_options, |_| {
+                    lat.push(last.elapsed().as_secs_f64() * 1e3);
+                    last = Instant::now();
+                })
+                .expect("embed");
+                let total = t.elapsed().as_secs_f64();
+                assert_eq!(out.embeddings.nrows(), n);
+                std::hint::black_box(out);
+                lat.sort_by(f64::total_cmp);
+                let row = Row {
+                    runtime,
+                    threads: *threads,
+                    batch,
+                    images_per_sec: n as f64 / total,
+                    p50_ms: percentile(&lat, 0.5),
+                    p99_ms: percentile(&lat, 0.99),
+                };
+                match rows.iter_mut().find(|r| {
+                    r.runtime == row.runtime && r.threads == row.threads && r.batch == batch
+                }) {
+                    Some(best) if best.images_per_sec >= row.images_per_sec => {}
+                    Some(best) => *best = row,
+                    None => rows.push(row),
+                }
+            }
+        }
+        peers.extend(run_peer(&manifest, &images_path, n));
+    }
+    let peer = best_peer(peers);
     // Peak RSS of each backend alone: the same work in a fresh process each.
     let rss_of = |name: &str, threads: usize| -> Option<f64> {
         let out = Command::new(std::env::current_exe().ok()?)
@@ -125,27 +202,6 @@ fn main() {
         })
         .collect();
 
-    let peer = Command::new("python3")
-        .arg(repo("runtime/benches/peer_onnxruntime.py"))
-        .arg("--model")
-        .arg(&manifest.onnx)
-        .arg("--images")
-        .arg(&images_path)
-        .args(["--n", &n.to_string()])
-        .env_remove("OPENBLAS_CORETYPE")
-        .env_remove("OPENBLAS_L2_SIZE")
-        .output();
-    let peer: Option<serde_json::Value> = match peer {
-        Ok(out) if out.status.success() => serde_json::from_slice(&out.stdout).ok(),
-        Ok(out) => {
-            eprintln!("peer failed: {}", String::from_utf8_lossy(&out.stderr));
-            None
-        }
-        Err(e) => {
-            eprintln!("peer not run (python3: {e})");
-            None
-        }
-    };
     let peer_row = |threads: usize, batch: usize| {
         peer.as_ref()?.get("embed")?.as_array()?.iter().find(|r| {
             r["threads"].as_u64() == Some(threads as u64)
@@ -154,7 +210,7 @@ fn main() {
     };
 
     println!(
-        "\nedgeclr embed benchmark: {} on {n} Fashion-MNIST images (decode + preprocess + encoder)",
+        "\nedgeclr embed benchmark: {} on {n} Fashion-MNIST images (decode + preprocess + encoder), best of {rounds} interleaved rounds",
         manifest.name
     );
     println!(

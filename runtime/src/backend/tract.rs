@@ -38,7 +38,7 @@ const MICRO_BATCH: usize = 1;
 ///
 /// With `threads > 1`, a batch of several images is split between that many
 /// worker threads, each running its own state of one single-threaded plan on
-/// its share (output order kept). A single image is run by one plan whose
+/// the next image nobody has taken yet (output order kept). A single image is run by one plan whose
 /// matrix kernels are multithreaded instead. Why both: the convolutions of a
 /// small CNN at batch 1 give tract's multithreaded matmul little to share
 /// (measured on MobileNetV2, 2-core x86: 2 threads 5.8 s against 1 thread
@@ -235,8 +235,8 @@ impl TractEncoder {
         Ok(plan)
     }
 
-    /// Runs the micro-batches of `batch` on `workers` threads, each taking a
-    /// contiguous share, and returns their outputs in batch order.
+    /// Runs the micro-batches of `batch` on `workers` threads and returns
+    /// their outputs in batch order.
     fn run_parallel(
         &mut self,
         batch: ArrayView4<f32>,
@@ -251,35 +251,46 @@ impl TractEncoder {
                 e.insert(self.plan(n, false)?);
             }
         }
-        let per_worker = chunks.len().div_ceil(workers);
+        // Each worker takes the next unclaimed micro-batch until none is
+        // left: a worker slowed by another thread (the decoder, the OS)
+        // does fewer, instead of the others waiting for its fixed share.
+        let next = std::sync::atomic::AtomicUsize::new(0);
         let (manifest, read_logits) = (&self.manifest, self.read_logits);
-        let plans = &plans;
+        let (plans, chunks_ref, next) = (&plans, &chunks, &next);
         std::thread::scope(|scope| {
-            let handles: Vec<_> = chunks
-                .chunks(per_worker)
-                .map(|share| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
                     scope.spawn(move || {
-                        share
-                            .iter()
-                            .map(|chunk| {
-                                run_plan(&plans[&chunk.shape()[0]], manifest, read_logits, *chunk)
-                            })
-                            .collect::<Result<Vec<_>, _>>()
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(chunk) = chunks_ref.get(i) else {
+                                break;
+                            };
+                            let plan = &plans[&chunk.shape()[0]];
+                            done.push((i, run_plan(plan, manifest, read_logits, *chunk)?));
+                        }
+                        Ok::<_, ModelError>(done)
                     })
                 })
                 .collect();
-            let mut outputs = Vec::with_capacity(chunks.len());
+            let mut outputs: Vec<Option<EncoderOutput>> = (0..chunks.len()).map(|_| None).collect();
             for handle in handles {
-                let share = handle.join().map_err(|payload| {
+                let done = handle.join().map_err(|payload| {
                     let what = payload
                         .downcast_ref::<&str>()
                         .copied()
                         .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
                     tract_panic_error(what)
                 })??;
-                outputs.extend(share);
+                for (i, out) in done {
+                    outputs[i] = Some(out);
+                }
             }
-            Ok(outputs)
+            outputs
+                .into_iter()
+                .map(|o| o.ok_or_else(|| backend_err("a worker returned no output")))
+                .collect()
         })
     }
 }
