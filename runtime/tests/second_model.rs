@@ -7,7 +7,7 @@
 //! The ONNX file is not committed. Without it these tests say SKIPPED, unless
 //! `EDGECLR_REQUIRE_MODELS=1` (ci/test sets it), where a missing file fails.
 
-use crate::common::{max_abs_diff, repo};
+use crate::common::repo;
 use edgeclr::data::{decode_image, DecodeLimits};
 use edgeclr::model_init::{guess_manifest, InitOptions, Preset};
 use edgeclr::{Encoder, LoadOptions, Manifest, Preprocessor, TractEncoder};
@@ -98,6 +98,7 @@ fn model_init_finds_the_committed_manifest() {
 #[cfg(feature = "ort")]
 #[test]
 fn tract_matches_onnx_runtime() {
+    use crate::common::max_abs_diff;
     use edgeclr::backend::{ExecutionProvider, OrtEncoder, OrtOptions};
     let Some(manifest) = manifest_or_skip("tract_matches_onnx_runtime") else {
         return;
