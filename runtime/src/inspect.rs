@@ -20,7 +20,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Parses ONNX bytes into the protobuf model; `path` is only used in errors.
 /// A graph output declaration for an f32 tensor of unknown shape: how a
 /// tensor inside a graph is made an output (the trunk cut, an intermediate
 /// embedding); the runtimes infer its shape.
@@ -38,6 +37,22 @@ pub fn float_output(name: &str) -> pb::ValueInfoProto {
     }
 }
 
+/// The five tensor names of `graph` nearest to `name` (edit distance),
+/// comma-separated: what an error about a mistyped tensor name suggests.
+pub fn nearest_tensor_names(graph: &pb::GraphProto, name: &str) -> String {
+    let mut names: Vec<&str> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .chain(graph.output.iter().map(|o| o.name.as_str()))
+        .collect();
+    names.sort_by_key(|n| strsim::levenshtein(n, name));
+    names.dedup();
+    names.truncate(5);
+    names.join(", ")
+}
+
+/// Parses ONNX bytes into the protobuf model; `path` is only used in errors.
 pub fn parse_proto(path: &Path, bytes: &[u8]) -> Result<pb::ModelProto, ModelError> {
     let proto = tract_onnx::onnx()
         .proto_model_for_read(&mut &bytes[..])

@@ -18,7 +18,9 @@ use std::str::FromStr;
 use tract_onnx::pb;
 
 use crate::backend::{infer_output_shape, ModelError};
-use crate::inspect::{float_output, parse_proto, sha256_hex, Dim, OnnxSummary};
+use crate::inspect::{
+    float_output, nearest_tensor_names, parse_proto, sha256_hex, Dim, OnnxSummary,
+};
 use crate::manifest::{
     ChannelOrder, Filter, InputSpec, Layout, Manifest, OutputSpec, Pool, PreprocessSpec,
 };
@@ -396,15 +398,9 @@ pub fn guess_manifest(onnx: &Path, options: &InitOptions) -> Result<Guess, InitE
             .any(|n| n.output.iter().any(|o| o == tensor))
             && !graph.output.iter().any(|o| o.name == tensor)
         {
-            let mut names: Vec<&str> = graph
-                .node
-                .iter()
-                .flat_map(|n| n.output.iter().map(String::as_str))
-                .collect();
-            names.sort_by_key(|n| strsim::levenshtein(n, tensor));
             return Err(InitError::Question(format!(
                 "no tensor '{tensor}' in the graph (nearest names: {})",
-                names.iter().take(5).copied().collect::<Vec<_>>().join(", ")
+                nearest_tensor_names(graph, tensor)
             )));
         }
         graph.output = vec![float_output(tensor)];

@@ -255,17 +255,9 @@ pub(crate) fn expose_embedding(
         .iter()
         .any(|n| n.output.iter().any(|o| o == name))
     {
-        let mut names: Vec<&str> = graph
-            .node
-            .iter()
-            .flat_map(|n| n.output.iter().map(String::as_str))
-            .chain(graph.output.iter().map(|o| o.name.as_str()))
-            .collect();
-        names.sort_by_key(|n| strsim::levenshtein(n, name));
-        names.dedup();
         return Err(ModelError::ManifestMismatch(format!(
             "manifest output '{name}' is no tensor of the graph (nearest names: {})",
-            names.iter().take(5).copied().collect::<Vec<_>>().join(", ")
+            crate::inspect::nearest_tensor_names(graph, name)
         )));
     }
     graph.output.insert(0, crate::inspect::float_output(name));

@@ -276,13 +276,9 @@ impl TractEncoder {
                 .collect();
             let mut outputs: Vec<Option<EncoderOutput>> = (0..chunks.len()).map(|_| None).collect();
             for handle in handles {
-                let done = handle.join().map_err(|payload| {
-                    let what = payload
-                        .downcast_ref::<&str>()
-                        .copied()
-                        .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
-                    tract_panic_error(what)
-                })??;
+                let done = handle
+                    .join()
+                    .map_err(|payload| tract_panic_error(panic_message(&*payload)))??;
                 for (i, out) in done {
                     outputs[i] = Some(out);
                 }
@@ -408,13 +404,16 @@ fn catch_tract_panic<T>(f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, 
     GUARDED_DEPTH.with(|d| d.set(d.get() + 1));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     GUARDED_DEPTH.with(|d| d.set(d.get() - 1));
-    result.unwrap_or_else(|payload| {
-        let what = payload
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
-        Err(tract_panic_error(what))
-    })
+    result.unwrap_or_else(|payload| Err(tract_panic_error(panic_message(&*payload))))
+}
+
+/// The text of a panic's payload, when it has one (`panic!` with a literal
+/// or a formatted message).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
 }
 
 /// The shape of one sample of `proto`'s first output, by tract's shape

@@ -68,7 +68,7 @@ pub(super) fn write(
     );
     let classes = set.meta.class_names.clone().unwrap_or_default();
     let (n, dim) = set.embeddings.dim();
-    crate::atomic::write_atomic(path, |file| {
+    super::write_atomic(path, |file| {
         let io = std::io::Error::other;
         let mut writer =
             SerializedFileWriter::new(file, schema.clone(), props.clone()).map_err(io)?;
@@ -124,10 +124,6 @@ pub(super) fn write(
         }
         writer.close().map_err(io)?;
         Ok(())
-    })
-    .map_err(|source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
     })
 }
 

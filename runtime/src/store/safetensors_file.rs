@@ -50,8 +50,5 @@ pub(super) fn write(
     }
     let bytes = safetensors::tensor::serialize(tensors, Some(HashMap::from_iter(metadata)))
         .map_err(|e| fail(format!("safetensors: {e}")))?;
-    crate::atomic::write_atomic(path, |f| f.write_all(&bytes)).map_err(|source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    super::write_atomic(path, |f| f.write_all(&bytes))
 }
