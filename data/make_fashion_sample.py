@@ -88,14 +88,15 @@ def write_idx_labels(path, labels):
     write_gz(path, header + np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
 
 
-def select_balanced(labels, per_class):
-    """Indices of the first `per_class` items of each class, sorted."""
+def select_balanced(labels, per_class, skip=0):
+    """Indices of the first `per_class` items of each class after its first
+    `skip` (so skip=100 gives a sample disjoint from the default one), sorted."""
     idx = []
     for c in range(10):
         where = np.flatnonzero(labels == c)
-        if where.size < per_class:
+        if where.size < skip + per_class:
             raise ValueError(f"class {c} has only {where.size} items")
-        idx.extend(where[:per_class].tolist())
+        idx.extend(where[skip:skip + per_class].tolist())
     return np.array(sorted(idx), dtype=np.int64)
 
 
@@ -120,6 +121,10 @@ def main(argv=None):
                     help="output directory for the sample IDX files")
     ap.add_argument("--train-per-class", type=int, default=100)
     ap.add_argument("--test-per-class", type=int, default=50)
+    ap.add_argument("--skip-train-per-class", type=int, default=0,
+                    help="skip the first N train images of each class (a disjoint "
+                         "second sample: --skip-train-per-class 100 --skip-test-per-class 50)")
+    ap.add_argument("--skip-test-per-class", type=int, default=0)
     ap.add_argument("--folder-out", default=None,
                     help="also write a class-per-subfolder PNG tree here "
                          "(from the t10k sample)")
@@ -129,13 +134,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     os.makedirs(args.out, exist_ok=True)
-    for split, per_class in (("train", args.train_per_class),
-                             ("t10k", args.test_per_class)):
+    for split, per_class, skip in (("train", args.train_per_class, args.skip_train_per_class),
+                                   ("t10k", args.test_per_class, args.skip_test_per_class)):
         images = read_idx_images(os.path.join(args.src, f"{split}-images-idx3-ubyte.gz"))
         labels = read_idx_labels(os.path.join(args.src, f"{split}-labels-idx1-ubyte.gz"))
         if images.shape[0] != labels.shape[0]:
             raise ValueError(f"{split}: image/label count mismatch")
-        idx = select_balanced(labels, per_class)
+        idx = select_balanced(labels, per_class, skip)
         write_idx_images(os.path.join(args.out, f"{split}-images-idx3-ubyte.gz"), images[idx])
         write_idx_labels(os.path.join(args.out, f"{split}-labels-idx1-ubyte.gz"), labels[idx])
         print(f"{split}: {len(idx)} images ({per_class}/class), "
