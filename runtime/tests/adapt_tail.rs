@@ -379,3 +379,82 @@ fn supcon_trainer_keeps_labels_in_the_bank_and_resumes_exactly() {
     let err = short.train_epoch(&cache, |_| {}).unwrap_err();
     assert!(err.to_string().contains("labels"), "{err}");
 }
+
+/// `--loss ce` in the trainer: the classifier is part of the trainable state
+/// (checkpointed, resumed exactly), the loss falls as it fits the labels,
+/// and a config without classes or a label out of range is refused.
+#[test]
+fn ce_trainer_fits_labels_and_resumes_exactly() {
+    let manifest = Manifest::load(&repo("models/mobilenet_v2")).unwrap();
+    let cfg = AdaptConfig {
+        loss: "ce".into(),
+        classes: 3,
+        epochs: 42,
+        batch_size: 4,
+        bottleneck: 3,
+        head_out: 0,
+        warmup_epochs: 0,
+        lr: 5e-2,
+        ..AdaptConfig::default()
+    };
+    let labels = vec![
+        Some(0),
+        Some(1),
+        None,
+        Some(1),
+        Some(0),
+        Some(2),
+        Some(2),
+        None,
+    ];
+    let new = || {
+        let mut t = Trainer::new(cfg.clone(), 6, 2).unwrap();
+        t.set_labels(labels.clone());
+        t
+    };
+    // Two views of each image: the same point plus a little noise.
+    let noisy = random_views(8, 8, 6) + random_views(9, 8, 6).mapv(|v| 0.1 * v);
+    let cache = ViewCache::new(vec![random_views(8, 8, 6), noisy], Precision::F32)
+        .unwrap();
+    let mut trainer = new();
+    assert!(trainer.bank.is_none(), "ce uses no memory bank");
+    assert_eq!(
+        trainer
+            .params
+            .get(edgeclr::adapt::trainer::CLASSIFIER_WEIGHT)
+            .unwrap()
+            .shape(),
+        &[3, 6]
+    );
+    let first = trainer.train_epoch(&cache, |_| {}).unwrap();
+    let ckpt = trainer.checkpoint(&manifest, &cfg, 1).unwrap();
+    let mut resumed = new();
+    resumed.restore_from(&ckpt).unwrap();
+    trainer.train_epoch(&cache, |_| {}).unwrap();
+    resumed.train_epoch(&cache, |_| {}).unwrap();
+    assert_eq!(resumed.params, trainer.params);
+    let mut last = first;
+    for _ in 0..40 {
+        last = trainer.train_epoch(&cache, |_| {}).unwrap();
+    }
+    assert!(
+        last < 0.5 * first,
+        "ce did not fit 6 labelled rows: epoch 1 {first}, epoch 42 {last}"
+    );
+
+    let no_classes = AdaptConfig {
+        classes: 0,
+        ..cfg.clone()
+    };
+    let err = Trainer::new(no_classes, 6, 2).err().expect("refused");
+    assert!(err.to_string().contains("classes"), "{err}");
+    let stray = AdaptConfig {
+        loss: "infonce".into(),
+        ..cfg.clone()
+    };
+    assert!(Trainer::new(stray, 6, 2).is_err(), "classes without ce");
+    let mut out_of_range = Trainer::new(cfg.clone(), 6, 2).unwrap();
+    out_of_range.set_labels(vec![Some(3); 8]);
+    let err = out_of_range.train_epoch(&cache, |_| {}).unwrap_err();
+    assert!(err.to_string().contains("label"), "{err}");
+}

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use edgeclr::adapt::loss::{
-    align_uniform, byol, byol_symmetric, hcl, infonce_bank, normalize_rows_with_jacobian, nt_xent,
+    align_uniform, byol, byol_symmetric, cross_entropy, hcl, infonce_bank, normalize_rows_with_jacobian, nt_xent,
     sigmoid_loss, spectral, supcon, supcon_bank, HclParams, LossError, Objective, SigmoidParams,
 };
 use ndarray::{array, s, Array2, ArrayView2};
@@ -1105,4 +1105,99 @@ fn supcon_spec_parses() {
     assert_eq!(o.to_string(), "supcon:tau=0.3");
     assert!("supcon:tau=-1".parse::<Objective>().is_err());
     assert!(!"infonce".parse::<Objective>().unwrap().uses_labels());
+}
+
+// ---------------------------------------------------------- cross-entropy
+
+/// The `ce` reference labels of a case (JSON `null` = unlabelled).
+fn json_labels(params: &serde_json::Map<String, Value>) -> Vec<Option<usize>> {
+    params["labels"]
+        .as_array()
+        .expect("labels")
+        .iter()
+        .map(|v| v.as_u64().map(|x| x as usize))
+        .collect()
+}
+
+#[test]
+fn cross_entropy_matches_numpy() {
+    let (z, w) = (load64("z1"), load64("ce_w"));
+    let b = load64("ce_b").row(0).to_owned();
+    for (p, want, _) in cases("ce") {
+        let labels = json_labels(&p);
+        let out = cross_entropy(z.view(), &labels, w.view(), b.view()).unwrap();
+        assert_value(out.value, want, &format!("ce labels={labels:?}"));
+        assert_eq!(out.labelled, labels.iter().flatten().count());
+    }
+}
+
+#[test]
+fn cross_entropy_gradients_match_finite_differences() {
+    let (z, w) = (load64("z1"), load64("ce_w"));
+    let b = load64("ce_b");
+    for labels in [
+        vec![Some(0), Some(1), Some(0), Some(2), Some(1), None, Some(0), Some(2)],
+        vec![Some(2), None, Some(1), Some(0), None, None, Some(1), Some(0)],
+    ] {
+        let value = |z: &Array2<f64>, w: &Array2<f64>, b: &Array2<f64>| {
+            cross_entropy(z.view(), &labels, w.view(), b.row(0))
+                .unwrap()
+                .value
+        };
+        let out = cross_entropy(z.view(), &labels, w.view(), b.row(0)).unwrap();
+        let fd_z = finite_diff(&z, &|x| value(x, &w, &b));
+        assert_grad(out.grad_z.view(), &fd_z, &format!("ce dz {labels:?}"));
+        let fd_w = finite_diff(&w, &|x| value(&z, x, &b));
+        assert_grad(out.grad_weight.view(), &fd_w, &format!("ce dW {labels:?}"));
+        let fd_b = finite_diff(&b, &|x| value(&z, &w, x));
+        let grad_b = out.grad_bias.clone().insert_axis(ndarray::Axis(0));
+        assert_grad(grad_b.view(), &fd_b, &format!("ce db {labels:?}"));
+        // Unlabelled rows take no part: their gradient is exactly zero.
+        for (row, label) in out.grad_z.rows().into_iter().zip(&labels) {
+            if label.is_none() {
+                assert!(row.iter().all(|&g| g == 0.0));
+            }
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_known_values_and_errors() {
+    // Zero classifier: uniform softmax, loss log C whatever the rows.
+    let z = array![[1.0, 2.0], [-3.0, 0.5], [0.0, 1.0]];
+    let w = Array2::<f64>::zeros((4, 2));
+    let b = ndarray::Array1::<f64>::zeros(4);
+    let labels = [Some(0), Some(3), None];
+    let out = cross_entropy(z.view(), &labels, w.view(), b.view()).unwrap();
+    assert!((out.value - 4f64.ln()).abs() < 1e-12, "{}", out.value);
+    // A confident correct classifier: loss near 0, every row right.
+    let w = array![[10.0, 0.0], [0.0, 10.0]];
+    let b2 = ndarray::Array1::<f64>::zeros(2);
+    let z = array![[1.0, 0.0], [0.0, 1.0]];
+    let out = cross_entropy(z.view(), &[Some(0), Some(1)], w.view(), b2.view()).unwrap();
+    assert!(out.value < 1e-4 && out.correct == 2, "{out:?}");
+    // No labelled row: zero loss, zero gradients.
+    let out = cross_entropy(z.view(), &[None, None], w.view(), b2.view()).unwrap();
+    assert_eq!(out.value, 0.0);
+    assert!(out.grad_weight.iter().all(|&g| g == 0.0));
+    // Bad input is a typed error, never a panic.
+    let bad_label = cross_entropy(z.view(), &[Some(2), None], w.view(), b2.view());
+    assert!(matches!(bad_label, Err(LossError::InvalidParameter { name: "label", .. })));
+    let short = cross_entropy(z.view(), &[Some(0)], w.view(), b2.view());
+    assert!(matches!(short, Err(LossError::ShapeMismatch { .. })));
+    let wide = Array2::<f64>::zeros((2, 3));
+    let wrong_w = cross_entropy(z.view(), &[None, None], wide.view(), b2.view());
+    assert!(matches!(wrong_w, Err(LossError::ShapeMismatch { .. })));
+    let one_class = cross_entropy(
+        z.view(),
+        &[Some(0), None],
+        w.slice(s![..1, ..]),
+        b2.slice(s![..1]),
+    );
+    assert!(matches!(one_class, Err(LossError::InvalidParameter { name: "classes", .. })));
+    let nan = array![[f64::NAN, 0.0], [0.0, 1.0]];
+    let out = cross_entropy(nan.view(), &[Some(0), None], w.view(), b2.view());
+    assert!(matches!(out, Err(LossError::NonFinite { .. })));
+    assert_eq!("ce".parse::<Objective>().unwrap(), Objective::Ce);
+    assert!("ce:tau=1".parse::<Objective>().is_err());
 }

@@ -15,6 +15,7 @@
 //! | `head.fc1.*`, `head.fc2.*` | `[h, d]`, `[o, h]` | projection head (loss only, dropped at export) |
 //! | `predictor.fc1.*`, `predictor.fc2.*` | `[h, o]`, `[o, h]` | BYOL predictor |
 //! | `loss.t_prime`, `loss.bias` | `[1]` | SigLIP temperature and bias |
+//! | `loss.classifier.weight`, `loss.classifier.bias` | `[C, d]`, `[C]` | `ce`'s softmax classifier (dropped at export) |
 
 use std::collections::BTreeMap;
 

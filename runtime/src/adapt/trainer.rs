@@ -76,7 +76,21 @@ pub struct AdaptConfig {
     /// node's name; `None`: adapter only). Absent in older checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_tail: Option<String>,
+    /// Classes of the softmax classifier that `--loss ce` trains (labels
+    /// must be below it); 0 for every other objective. Absent in older
+    /// checkpoints.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub classes: usize,
 }
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// Names of the `ce` objective's classifier in [`Params`] (`[C, D]`, `[C]`).
+pub const CLASSIFIER_WEIGHT: &str = "loss.classifier.weight";
+/// See [`CLASSIFIER_WEIGHT`].
+pub const CLASSIFIER_BIAS: &str = "loss.classifier.bias";
 
 impl Default for AdaptConfig {
     fn default() -> Self {
@@ -95,6 +109,7 @@ impl Default for AdaptConfig {
             momentum: 0.99,
             seed: 0,
             train_tail: None,
+            classes: 0,
         }
     }
 }
@@ -131,12 +146,25 @@ impl AdaptConfig {
         if self.bottleneck == 0 || (self.head_out > 0 && self.head_hidden == 0) {
             return bad("layer widths must be positive");
         }
-        if self.head_out == 0 && self.objective()?.needs_predictor() {
+        let objective = self.objective()?;
+        if self.head_out == 0 && objective.needs_predictor() {
             return bad("byol needs a projection head (head_out > 0)");
         }
-        self.objective()?;
+        if objective.needs_classes() && self.classes < 2 {
+            return bad("ce needs the number of classes (at least 2) of the labels it trains on");
+        }
+        if !objective.needs_classes() && self.classes != 0 {
+            return bad("classes is only used by --loss ce");
+        }
         Ok(())
     }
+}
+
+/// A 2-D view of a parameter that must be a matrix.
+fn matrix<'a>(p: &'a ArrayD<f32>, name: &str) -> Result<ArrayView2<'a, f32>, TrainError> {
+    p.view()
+        .into_dimensionality::<ndarray::Ix2>()
+        .map_err(|e| TrainError::Config(format!("{name}: {e}")))
 }
 
 /// The result of one optimisation step.
@@ -225,6 +253,13 @@ impl Trainer {
                 config.head_out,
                 &mut rng,
             );
+        }
+        if objective.needs_classes() {
+            // Zero-initialised, as a linear probe: the first step's softmax
+            // is uniform and no random direction is imposed on the embedding.
+            let d = config.loss_dim(dim);
+            params.insert(CLASSIFIER_WEIGHT, ArrayD::zeros(vec![config.classes, d]));
+            params.insert(CLASSIFIER_BIAS, ArrayD::zeros(vec![config.classes]));
         }
         if objective == Objective::Sigmoid {
             let init = SigmoidParams::default();
@@ -523,6 +558,30 @@ impl Trainer {
                             ArrayD::from_elem(vec![1], out.grad_bias as f32),
                         );
                         (out.value, out.grad_z1, out.grad_z2)
+                    }
+                    Objective::Ce => {
+                        // Both views are classified; the loss is their mean.
+                        let w = matrix(self.params.get(CLASSIFIER_WEIGHT)?, CLASSIFIER_WEIGHT)?;
+                        let b = self.params.get(CLASSIFIER_BIAS)?;
+                        let b = b.view().into_dimensionality::<ndarray::Ix1>().map_err(|e| {
+                            TrainError::Config(format!("{CLASSIFIER_BIAS}: {e}"))
+                        })?;
+                        let o1 = loss::cross_entropy(z1.view(), labels, w, b)?;
+                        let o2 = loss::cross_entropy(z2.view(), labels, w, b)?;
+                        let half = |a: Array2<f32>| a.mapv(|v| 0.5 * v);
+                        grads.insert(
+                            CLASSIFIER_WEIGHT,
+                            half(o1.grad_weight + o2.grad_weight).into_dyn(),
+                        );
+                        grads.insert(
+                            CLASSIFIER_BIAS,
+                            (0.5 * (o1.grad_bias + o2.grad_bias)).into_dyn(),
+                        );
+                        (
+                            0.5 * (o1.value + o2.value),
+                            half(o1.grad_z),
+                            half(o2.grad_z),
+                        )
                     }
                     Objective::Byol => {
                         let (p1, pc1) = mlp_forward(&self.params, "predictor", z1.view())?;

@@ -53,6 +53,8 @@ Formulas (u = z / ||z||, row-wise):
                labels y (None: unlabelled, positive only with its partner):
                l_a = -(1/|P(a)|) sum_{p in P(a)} log( exp(Z_a.Z_p/tau)
                       / sum_{k != a} exp(Z_a.Z_k/tau) ),  L = mean_a l_a
+  ce           cross-entropy of logits W z_i + b over the rows with a known
+               label: mean_i [logsumexp(l_i) - l_{i,y_i}] (0 without one)
   supcon_bank  queries q against C = [k (this batch's keys); queue] with
                labels [y; queue_labels]; P(i) = {k_i} + same known label:
                l_i = -(1/|P(i)|) sum_{p in P(i)} log softmax(q_i.C^T/tau)_p
@@ -152,6 +154,18 @@ def supcon_bank(q, k, labels, queue, queue_labels, tau):
     return float(np.mean(losses))
 
 
+def cross_entropy(z, labels, w, b):
+    rows = [i for i, y in enumerate(labels) if y is not None]
+    if not rows:
+        return 0.0
+    total = 0.0
+    for i in rows:
+        logits = w @ z[i] + b
+        m = float(np.max(logits))
+        total += m + math.log(float(np.sum(np.exp(logits - m)))) - float(logits[labels[i]])
+    return total / len(rows)
+
+
 def uniform_loss(u, t):
     vals = []
     for i in range(u.shape[0]):
@@ -232,8 +246,15 @@ def main():
     sp2 = sp1 + 0.3 * rng.standard_normal((b, d)) / math.sqrt(d)
     sp2 = normalize(sp2) * np.asarray(rng.permutation(norm_pool)[:b])[:, None]
 
+    # The classifier of `ce`, from its own generator so the arrays above
+    # stay what they were before it was added. Bias stored as [1, C].
+    ce_rng = np.random.default_rng(args.seed + 1)
+    ce_w = ce_rng.standard_normal((3, d))
+    ce_b = ce_rng.standard_normal((1, 3))
+
     arrays = {
         "z1": z1, "z2": z2, "queue": queue, "p1": p1, "p2": p2, "sp1": sp1, "sp2": sp2,
+        "ce_w": ce_w, "ce_b": ce_b,
     }
     os.makedirs(args.out, exist_ok=True)
     f64 = {}
@@ -241,7 +262,7 @@ def main():
         a32 = np.ascontiguousarray(arr, dtype=np.float32)
         np.save(os.path.join(args.out, name + ".npy"), a32)
         f64[name] = a32.astype(np.float64)
-    z1, z2, queue, p1, p2, sp1, sp2 = (f64[n] for n in arrays)
+    z1, z2, queue, p1, p2, sp1, sp2, ce_w, ce_b = (f64[n] for n in arrays)
 
     for mu in (1.0, 2.0):
         for sp in (sp1, sp2):
@@ -278,6 +299,8 @@ def main():
     for tau in (0.1, 0.2):
         add("supcon_bank", {"tau": tau, "labels": labels, "queue_labels": queue_labels},
             supcon_bank(z1, z2, labels, queue, queue_labels, tau))
+    for ce_labels in (labels, [2, 2, 1, 0, None, None, 1, 0][:b], [None] * b):
+        add("ce", {"labels": ce_labels}, cross_entropy(z1, ce_labels, ce_w, ce_b[0]))
     add("byol", {}, byol(p1, z2))
     add("byol_symmetric", {}, byol(p1, z2) + byol(p2, z1))
 

@@ -14,6 +14,7 @@
 //! | pairwise sigmoid (SigLIP) | [`sigmoid`] | Zhai et al. 2023 |
 //! | BYOL regression | [`byol`] | Grill et al. 2020 |
 //! | supervised contrastive (SupCon), in-batch and with a labelled bank | [`supcon`] | Khosla et al. 2020 |
+//! | cross-entropy through a linear classifier (the supervised baseline) | [`cross_entropy`] | — |
 //!
 //! Conventions shared by every objective:
 //!
@@ -33,6 +34,7 @@
 
 pub mod align_uniform;
 pub mod byol;
+pub mod cross_entropy;
 pub mod infonce;
 pub mod sigmoid;
 pub mod spectral;
@@ -45,6 +47,7 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Zip};
 
 pub use align_uniform::align_uniform;
 pub use byol::{byol, byol_symmetric, ByolOutput};
+pub use cross_entropy::{cross_entropy, CrossEntropyOutput};
 pub use infonce::{hcl, infonce_bank, nt_xent, HclParams};
 pub use sigmoid::{sigmoid_loss, SigmoidOutput, SigmoidParams};
 pub use spectral::spectral;
@@ -333,7 +336,7 @@ pub(crate) fn check_finite(name: &'static str, value: f64) -> Result<()> {
 /// writes): a name, optionally followed by `:` and comma-separated
 /// `key=value` overrides, e.g. `infonce`, `infonce:tau=0.2`,
 /// `align-uniform:lambda=1,t=2`, `spectral:mu=1`, `sigmoid`, `byol`,
-/// `supcon:tau=0.1`.
+/// `supcon:tau=0.1`, `ce`.
 /// Omitted parameters take the defaults below.
 ///
 /// `Sigmoid` has no hyper-parameters: its temperature and bias are learned
@@ -356,17 +359,22 @@ pub enum Objective {
     /// temperature `tau`: samples that share a label are positives.
     /// Unlabelled samples count as their own class of one.
     Supcon { tau: f64 },
+    /// Cross-entropy of a linear softmax classifier on the adapted
+    /// embedding ([`cross_entropy`]): the supervised fine-tuning baseline.
+    /// Unlabelled samples take no part; the classifier is dropped at export.
+    Ce,
 }
 
 impl Objective {
     /// The names accepted by [`FromStr`], in declaration order.
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 7] = [
         "infonce",
         "align-uniform",
         "spectral",
         "sigmoid",
         "byol",
         "supcon",
+        "ce",
     ];
 
     /// Default InfoNCE temperature: 0.1, the default of the SimCLR reference
@@ -390,6 +398,7 @@ impl Objective {
             Objective::Sigmoid => "sigmoid",
             Objective::Byol => "byol",
             Objective::Supcon { .. } => "supcon",
+            Objective::Ce => "ce",
         }
     }
 
@@ -408,6 +417,7 @@ impl Objective {
             },
             "sigmoid" => Objective::Sigmoid,
             "byol" => Objective::Byol,
+            "ce" => Objective::Ce,
             "supcon" => Objective::Supcon {
                 tau: Self::DEFAULT_SUPCON_TAU,
             },
@@ -424,7 +434,7 @@ impl Objective {
                 check_positive("t", t)
             }
             Objective::Spectral { mu } => check_positive("mu", mu),
-            Objective::Sigmoid | Objective::Byol => Ok(()),
+            Objective::Sigmoid | Objective::Byol | Objective::Ce => Ok(()),
         }
     }
 
@@ -434,10 +444,16 @@ impl Objective {
         matches!(self, Objective::Byol)
     }
 
-    /// Whether the objective reads labels (unlabelled samples still take
-    /// part, as their own class of one).
+    /// Whether the objective reads labels (with `supcon`, unlabelled
+    /// samples still take part, as their own class of one; `ce` skips them).
     pub fn uses_labels(&self) -> bool {
-        matches!(self, Objective::Supcon { .. })
+        matches!(self, Objective::Supcon { .. } | Objective::Ce)
+    }
+
+    /// Whether the objective trains a classifier over the labels' classes
+    /// (`ce`), so the run must know how many classes there are.
+    pub fn needs_classes(&self) -> bool {
+        matches!(self, Objective::Ce)
     }
 
     /// Whether the objective draws negatives from a memory bank of momentum
@@ -452,7 +468,7 @@ impl Objective {
             Objective::Infonce { tau } | Objective::Supcon { tau } => vec![("tau", tau)],
             Objective::AlignUniform { lambda, t } => vec![("lambda", lambda), ("t", t)],
             Objective::Spectral { mu } => vec![("mu", mu)],
-            Objective::Sigmoid | Objective::Byol => Vec::new(),
+            Objective::Sigmoid | Objective::Byol | Objective::Ce => Vec::new(),
         }
     }
 

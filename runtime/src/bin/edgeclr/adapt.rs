@@ -33,12 +33,12 @@ pub struct Args {
     pub model: ModelArgs,
     /// Training images: a folder, an IDX file, or an IDX directory (its
     /// `train` split). Their labels (class subfolders, IDX labels) are used
-    /// only by `--loss supcon`; the other objectives ignore them.
+    /// only by `--loss supcon` and `--loss ce`; the other objectives ignore them.
     #[arg(long, value_name = "DIR|IDX")]
     pub images: PathBuf,
-    /// With `--loss supcon`: keep the labels of only the first N images of
-    /// each class (a few-shot set); the other images train unlabelled, each
-    /// its own class of one.
+    /// With `--loss supcon` or `ce`: keep the labels of only the first N
+    /// images of each class (a few-shot set); the other images train
+    /// unlabelled (supcon: each its own class of one; ce: not at all).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub labels_per_class: Option<u64>,
     /// Labelled data for evaluation only, never trained on: k-NN and linear
@@ -58,7 +58,8 @@ pub struct Args {
     #[arg(long)]
     pub resume: bool,
     /// Objective: infonce[:tau=0.2], align-uniform[:lambda=1,t=2], spectral[:mu=1], sigmoid, byol,
-    /// supcon[:tau=0.1] (supervised: images with the same label are positives).
+    /// supcon[:tau=0.1] (supervised: images with the same label are positives),
+    /// ce (supervised baseline: cross-entropy of a linear classifier, dropped at export).
     #[arg(long, default_value = "infonce:tau=0.2")]
     pub loss: String,
     #[arg(long, default_value_t = 10)]
@@ -437,8 +438,21 @@ pub fn run(mut args: Args) -> Result<()> {
         precision = plan.precision;
         args.model.threads = plan.threads;
     }
+    let objective: edgeclr::adapt::loss::Objective = args.loss.parse()?;
+    let labels = if objective.uses_labels() {
+        Some(training_labels(&data, n, args.labels_per_class, &args.loss)?)
+    } else if args.labels_per_class.is_some() {
+        bail!("--labels-per-class needs --loss supcon or ce (the objectives that read labels)");
+    } else {
+        None
+    };
+    let classes = match (&labels, objective.needs_classes()) {
+        (Some(labels), true) => labels.iter().flatten().max().map_or(0, |&c| c + 1),
+        _ => 0,
+    };
     let config = AdaptConfig {
         loss: args.loss.clone(),
+        classes,
         epochs: args.epochs,
         batch_size: args.batch_size,
         lr: args.lr,
@@ -474,13 +488,10 @@ pub fn run(mut args: Args) -> Result<()> {
     let steps = Trainer::steps_per_epoch(n, args.batch_size);
     let mut trainer =
         Trainer::with_tail(config.clone(), tail, manifest.outputs.embedding_dim, steps)?;
-    if trainer.objective().uses_labels() {
-        let labels = training_labels(&data, n, args.labels_per_class)?;
+    if let Some(labels) = labels {
         let known = labels.iter().flatten().count();
         println!("{}: {known} of {n} training images labelled", config.loss);
         trainer.set_labels(labels);
-    } else if args.labels_per_class.is_some() {
-        bail!("--labels-per-class needs --loss supcon (the only objective that reads labels)");
     }
     let mut first_epoch = 0;
     if args.resume {
@@ -779,12 +790,17 @@ pub fn run(mut args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The labels `--loss supcon` trains with: those of the first `n` images,
+/// The labels `--loss supcon` (or `ce`) trains with: those of the first `n` images,
 /// or with `per_class`, only the first `per_class` of each class.
-fn training_labels(data: &Dataset, n: usize, per_class: Option<u64>) -> Result<Vec<Option<usize>>> {
+fn training_labels(
+    data: &Dataset,
+    n: usize,
+    per_class: Option<u64>,
+    loss: &str,
+) -> Result<Vec<Option<usize>>> {
     let Some(labels) = data.labels() else {
         bail!(
-            "--loss supcon needs labelled --images (class subfolders or an IDX directory with \
+            "--loss {loss} needs labelled --images (class subfolders or an IDX directory with \
              labels); use infonce for unlabelled images"
         );
     };

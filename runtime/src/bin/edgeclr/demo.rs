@@ -75,6 +75,12 @@ pub struct Args {
     /// Learning rate of the adaptation step.
     #[arg(long, default_value_t = AdaptConfig::default().lr, value_name = "LR")]
     adapt_lr: f32,
+    /// A second objective trained on the same views, scope and budget, as
+    /// the baseline the adaptation step is compared with: `ce` (the
+    /// default) fine-tunes with cross-entropy through a linear classifier;
+    /// `none` skips it.
+    #[arg(long, default_value = "ce", value_name = "LOSS|none")]
+    adapt_baseline: String,
 }
 
 /// The adaptation step's default embedding (`--adapt-model`).
@@ -93,6 +99,16 @@ struct AdaptReport {
     seconds: f64,
     view_seconds: f64,
     frozen: Side,
+    adapted: Side,
+    /// `--adapt-baseline`, trained on the same views and scope.
+    baseline: Option<BaselineReport>,
+}
+
+/// The baseline objective's run (`--adapt-baseline`).
+#[derive(Debug, Serialize)]
+struct BaselineReport {
+    loss: String,
+    seconds: f64,
     adapted: Side,
 }
 
@@ -431,7 +447,7 @@ fn adapt_step(
     train: &Dataset,
     data: &Labelled,
     frozen: Side,
-    baseline: Option<(&str, &Side)>,
+    baseline_model: Option<(&str, &Side)>,
     probe_config: &LinearProbeConfig,
 ) -> Result<AdaptReport> {
     let model = encoder.manifest().name.clone();
@@ -449,40 +465,26 @@ fn adapt_step(
     views.extend((0..augmented.num_views()).map(|v| augmented.view(v)));
     let cache = ViewCache::new(views, Precision::F32)?;
     let view_seconds = started.elapsed().as_secs_f64();
-    let config = AdaptConfig {
-        loss: args.adapt_loss.clone(),
-        epochs: args.adapt_epochs,
-        batch_size: 64,
-        bank_size: 1024,
-        head_out: args.adapt_head_out,
-        lr: args.adapt_lr,
-        ..AdaptConfig::default()
-    };
-    let steps = Trainer::steps_per_epoch(n, config.batch_size);
-    let mut trainer = Trainer::new(config.clone(), data.train.ncols(), steps)?;
+    let (config, adapted) = train_and_score(args, &args.adapt_loss, &cache, data, probe_config, "adapting")?;
     let labelled = config.objective()?.uses_labels();
-    if labelled {
-        trainer.set_labels(data.train_labels.iter().copied().map(Some).collect());
-    }
-    trainer.prefill_bank(cache.view(1).view())?;
-    let bar = progress((steps * args.adapt_epochs) as u64, "adapting");
-    for _ in 0..args.adapt_epochs {
-        trainer.train_epoch(&cache, |_| bar.inc(1))?;
-    }
-    bar.finish_and_clear();
-    let adapted = score(
-        data,
-        &trainer.adapt(data.train.view())?,
-        &trainer.adapt(data.test.view())?,
-        &trainer.adapt(data.flipped.view())?,
-        args.k,
-        probe_config,
-    )?;
+    let baseline = match args.adapt_baseline.as_str() {
+        "none" => None,
+        loss => {
+            let t0 = Instant::now();
+            let (config, adapted) = train_and_score(args, loss, &cache, data, probe_config, "baseline")
+                .with_context(|| format!("the --adapt-baseline {loss} run"))?;
+            Some(BaselineReport {
+                loss: config.loss,
+                seconds: t0.elapsed().as_secs_f64(),
+                adapted,
+            })
+        }
+    };
     let seconds = started.elapsed().as_secs_f64();
     println!();
     println!(
         "adaptation ({}, {} epochs on the {n} train images {}, {} augmented view(s); \
-         {seconds:.0}s: {view_seconds:.0}s embedding views, {:.0}s training and scoring):",
+         {seconds:.0}s: {view_seconds:.0}s embedding views, {:.0}s training and scoring{}):",
         config.loss,
         args.adapt_epochs,
         if labelled {
@@ -491,23 +493,31 @@ fn adapt_step(
             "without labels"
         },
         args.adapt_views.max(1),
-        seconds - view_seconds
+        seconds - view_seconds,
+        baseline.as_ref().map_or(String::new(), |b| format!(
+            ", {:.0}s of it the {} baseline",
+            b.seconds, b.loss
+        ))
     );
     // With a tap, the first column is `--model`'s frozen embedding (the
     // demo's main table), so the gain over it is read off one row.
-    let head = match baseline {
-        Some((name, _)) => format!("{name:>24} {model:>24} {:>24}", "adapted"),
-        None => format!("{:>24} {:>24}", "frozen", "adapted"),
+    let mut head = match baseline_model {
+        Some((name, _)) => format!("{name:>24} {model:>24} {:>24}", config.loss),
+        None => format!("{:>24} {:>24}", "frozen", config.loss),
     };
+    if let Some(b) = &baseline {
+        head += &format!(" {:>24}", format!("{} (baseline)", b.loss));
+    }
     println!("  {:<22} {head}", "");
     let row = |name: &str, pick: &dyn Fn(&Side) -> f64, pct: bool| {
         let s = if pct { 100.0 } else { 1.0 };
         let unit = if pct { "%" } else { " " };
         let mut line = format!("  {name:<22}");
-        for side in baseline
+        for side in baseline_model
             .map(|(_, b)| b)
             .into_iter()
             .chain([&frozen, &adapted])
+            .chain(baseline.as_ref().map(|b| &b.adapted))
         {
             line += &format!(" {:>23.2}{unit}", pick(side) * s);
         }
@@ -528,5 +538,54 @@ fn adapt_step(
         view_seconds,
         frozen,
         adapted,
+        baseline,
     })
+}
+
+/// Trains `loss` on `cache` (the demo's adaptation settings) and scores
+/// the adapted embedding of the train, test and flipped test images.
+fn train_and_score(
+    args: &Args,
+    loss: &str,
+    cache: &ViewCache,
+    data: &Labelled,
+    probe_config: &LinearProbeConfig,
+    what: &str,
+) -> Result<(AdaptConfig, Side)> {
+    let objective: edgeclr::adapt::loss::Objective = loss.parse()?;
+    let config = AdaptConfig {
+        loss: loss.to_string(),
+        epochs: args.adapt_epochs,
+        batch_size: 64,
+        bank_size: 1024,
+        head_out: args.adapt_head_out,
+        lr: args.adapt_lr,
+        classes: if objective.needs_classes() {
+            data.classes.len()
+        } else {
+            0
+        },
+        ..AdaptConfig::default()
+    };
+    let n = cache.len();
+    let steps = Trainer::steps_per_epoch(n, config.batch_size);
+    let mut trainer = Trainer::new(config.clone(), data.train.ncols(), steps)?;
+    if objective.uses_labels() {
+        trainer.set_labels(data.train_labels.iter().copied().map(Some).collect());
+    }
+    trainer.prefill_bank(cache.view(1).view())?;
+    let bar = progress((steps * args.adapt_epochs) as u64, what);
+    for _ in 0..args.adapt_epochs {
+        trainer.train_epoch(cache, |_| bar.inc(1))?;
+    }
+    bar.finish_and_clear();
+    let adapted = score(
+        data,
+        &trainer.adapt(data.train.view())?,
+        &trainer.adapt(data.test.view())?,
+        &trainer.adapt(data.flipped.view())?,
+        args.k,
+        probe_config,
+    )?;
+    Ok((config, adapted))
 }
