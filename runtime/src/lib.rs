@@ -157,6 +157,7 @@ pub mod adapt;
 pub mod atomic;
 pub mod augment;
 pub mod backend;
+pub mod blocks;
 pub mod data;
 pub mod display;
 pub mod embed;

@@ -8,6 +8,7 @@ mod demo;
 mod embed;
 mod info;
 mod knn;
+mod layers;
 mod memory;
 mod metrics;
 mod model;
@@ -64,6 +65,10 @@ enum Command {
     Knn(knn::Command),
     /// Alignment, uniformity, effective rank and singular spectrum of embeddings.
     Metrics(metrics::Args),
+    /// Which tensor to use as the embedding: scans the last blocks' outputs,
+    /// pooled globally and on grids, with label-free diagnostics and (given
+    /// labelled images) cross-validated accuracy; recommends one.
+    Layers(Box<layers::Args>),
     /// Adapt the encoder on the device from unlabelled images: contrastive
     /// training of an adapter + projection head on the frozen trunk, with a
     /// MoCo memory bank, checkpoints (--resume) and ONNX export.
@@ -123,6 +128,7 @@ fn main() -> ExitCode {
         Command::Probe(cmd) => probe::run(cmd),
         Command::Knn(cmd) => knn::run(cmd),
         Command::Metrics(args) => metrics::run(args),
+        Command::Layers(args) => layers::run(*args),
         Command::Adapt(args) => adapt::run(*args),
     };
     match result {
