@@ -130,7 +130,9 @@ pub fn block_outputs(graph: &pb::GraphProto, target: &str) -> Vec<String> {
                 && data_inputs(node, &data) == 1
                 && input_op(node) == Some("Conv");
         let linear_bottleneck = conv_like && uses.iter().all(|u| u.op_type == "Conv");
-        let pooled = uses.iter().any(|u| GLOBAL_POOLS.contains(&u.op_type.as_str()));
+        let pooled = uses
+            .iter()
+            .any(|u| GLOBAL_POOLS.contains(&u.op_type.as_str()));
         if fans_out || residual || linear_bottleneck || pooled {
             out.push(tensor.to_owned());
         }
@@ -140,7 +142,10 @@ pub fn block_outputs(graph: &pb::GraphProto, target: &str) -> Vec<String> {
 
 /// How many of `node`'s inputs are computed from the image.
 fn data_inputs(node: &pb::NodeProto, data: &HashSet<&str>) -> usize {
-    node.input.iter().filter(|i| data.contains(i.as_str())).count()
+    node.input
+        .iter()
+        .filter(|i| data.contains(i.as_str()))
+        .count()
 }
 
 #[cfg(test)]

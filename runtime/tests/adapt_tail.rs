@@ -414,8 +414,7 @@ fn ce_trainer_fits_labels_and_resumes_exactly() {
     };
     // Two views of each image: the same point plus a little noise.
     let noisy = random_views(8, 8, 6) + random_views(9, 8, 6).mapv(|v| 0.1 * v);
-    let cache = ViewCache::new(vec![random_views(8, 8, 6), noisy], Precision::F32)
-        .unwrap();
+    let cache = ViewCache::new(vec![random_views(8, 8, 6), noisy], Precision::F32).unwrap();
     let mut trainer = new();
     assert!(trainer.bank.is_none(), "ce uses no memory bank");
     assert_eq!(
@@ -457,4 +456,50 @@ fn ce_trainer_fits_labels_and_resumes_exactly() {
     out_of_range.set_labels(vec![Some(3); 8]);
     let err = out_of_range.train_epoch(&cache, |_| {}).unwrap_err();
     assert!(err.to_string().contains("label"), "{err}");
+}
+
+/// The drift guard (`anchor`): 1 keeps the adapter at its source weights
+/// (the identity) whatever the loss wants, 0 lets it move, and a value in
+/// between keeps it closer to the source than a free run does.
+#[test]
+fn anchor_pulls_the_adapter_toward_its_source_weights() {
+    let run = |anchor: f32| {
+        let cfg = AdaptConfig {
+            loss: "infonce:tau=0.2".into(),
+            batch_size: 4,
+            bank_size: 0,
+            bottleneck: 3,
+            head_out: 0,
+            warmup_epochs: 0,
+            lr: 1e-2,
+            anchor,
+            ..AdaptConfig::default()
+        };
+        let mut trainer = Trainer::new(cfg, 6, 2).unwrap();
+        let source = trainer.params.with_prefix("adapter.");
+        let cache = ViewCache::new(
+            vec![random_views(8, 8, 6), random_views(9, 8, 6)],
+            Precision::F32,
+        )
+        .unwrap();
+        for _ in 0..5 {
+            trainer.train_epoch(&cache, |_| {}).unwrap();
+        }
+        let moved = trainer.params.with_prefix("adapter.");
+        let mut distance = 0.0f64;
+        for (name, s) in source.iter() {
+            let m = moved.get(name).unwrap();
+            distance += (m - s).mapv(|d| f64::from(d * d)).sum();
+        }
+        distance.sqrt()
+    };
+    let (free, half, pinned) = (run(0.0), run(0.5), run(1.0));
+    assert_eq!(pinned, 0.0, "anchor 1 must keep the source weights");
+    assert!(free > 1e-3, "the free run did not move (test is vacuous)");
+    assert!(half < 0.5 * free, "anchor 0.5: {half} vs free {free}");
+    let bad = AdaptConfig {
+        anchor: 1.5,
+        ..AdaptConfig::default()
+    };
+    assert!(Trainer::new(bad, 6, 2).is_err());
 }

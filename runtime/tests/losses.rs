@@ -8,8 +8,9 @@
 use std::path::PathBuf;
 
 use edgeclr::adapt::loss::{
-    align_uniform, byol, byol_symmetric, cross_entropy, hcl, infonce_bank, normalize_rows_with_jacobian, nt_xent,
-    sigmoid_loss, spectral, supcon, supcon_bank, HclParams, LossError, Objective, SigmoidParams,
+    align_uniform, byol, byol_symmetric, cross_entropy, hcl, infonce_bank,
+    normalize_rows_with_jacobian, nt_xent, sigmoid_loss, spectral, supcon, supcon_bank, HclParams,
+    LossError, Objective, SigmoidParams,
 };
 use ndarray::{array, s, Array2, ArrayView2};
 use ndarray_npy::read_npy;
@@ -1136,8 +1137,26 @@ fn cross_entropy_gradients_match_finite_differences() {
     let (z, w) = (load64("z1"), load64("ce_w"));
     let b = load64("ce_b");
     for labels in [
-        vec![Some(0), Some(1), Some(0), Some(2), Some(1), None, Some(0), Some(2)],
-        vec![Some(2), None, Some(1), Some(0), None, None, Some(1), Some(0)],
+        vec![
+            Some(0),
+            Some(1),
+            Some(0),
+            Some(2),
+            Some(1),
+            None,
+            Some(0),
+            Some(2),
+        ],
+        vec![
+            Some(2),
+            None,
+            Some(1),
+            Some(0),
+            None,
+            None,
+            Some(1),
+            Some(0),
+        ],
     ] {
         let value = |z: &Array2<f64>, w: &Array2<f64>, b: &Array2<f64>| {
             cross_entropy(z.view(), &labels, w.view(), b.row(0))
@@ -1182,7 +1201,10 @@ fn cross_entropy_known_values_and_errors() {
     assert!(out.grad_weight.iter().all(|&g| g == 0.0));
     // Bad input is a typed error, never a panic.
     let bad_label = cross_entropy(z.view(), &[Some(2), None], w.view(), b2.view());
-    assert!(matches!(bad_label, Err(LossError::InvalidParameter { name: "label", .. })));
+    assert!(matches!(
+        bad_label,
+        Err(LossError::InvalidParameter { name: "label", .. })
+    ));
     let short = cross_entropy(z.view(), &[Some(0)], w.view(), b2.view());
     assert!(matches!(short, Err(LossError::ShapeMismatch { .. })));
     let wide = Array2::<f64>::zeros((2, 3));
@@ -1194,7 +1216,13 @@ fn cross_entropy_known_values_and_errors() {
         w.slice(s![..1, ..]),
         b2.slice(s![..1]),
     );
-    assert!(matches!(one_class, Err(LossError::InvalidParameter { name: "classes", .. })));
+    assert!(matches!(
+        one_class,
+        Err(LossError::InvalidParameter {
+            name: "classes",
+            ..
+        })
+    ));
     let nan = array![[f64::NAN, 0.0], [0.0, 1.0]];
     let out = cross_entropy(nan.view(), &[Some(0), None], w.view(), b2.view());
     assert!(matches!(out, Err(LossError::NonFinite { .. })));

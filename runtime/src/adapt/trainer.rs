@@ -81,6 +81,18 @@ pub struct AdaptConfig {
     /// checkpoints.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub classes: usize,
+    /// Pull toward the source weights after every step: the adapter and
+    /// tail move by `anchor × (source − current)` (0: off). A guard for
+    /// long unsupervised streams, which are known to drift away from what
+    /// the frozen encoder could do (long-run test-time adaptation decays);
+    /// the fixed point balances the loss's pull against this one. Absent
+    /// in older checkpoints.
+    #[serde(default, skip_serializing_if = "is_zero_f32")]
+    pub anchor: f32,
+}
+
+fn is_zero_f32(x: &f32) -> bool {
+    *x == 0.0
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -110,6 +122,7 @@ impl Default for AdaptConfig {
             seed: 0,
             train_tail: None,
             classes: 0,
+            anchor: 0.0,
         }
     }
 }
@@ -139,6 +152,9 @@ impl AdaptConfig {
         }
         if !(0.0..1.0).contains(&self.momentum) {
             return bad("momentum must be in [0, 1)");
+        }
+        if !(0.0..=1.0).contains(&self.anchor) {
+            return bad("anchor must be in [0, 1] (0: off; 1: never leave the source weights)");
         }
         if self.bank_size > 0 && self.bank_size < self.batch_size {
             return bad("bank size must be 0 or at least the batch size");
@@ -188,6 +204,9 @@ pub struct Trainer {
     tail: Option<TailSpec>,
     /// The tail's original weights: the frozen encoder's embedding.
     tail_init: Params,
+    /// Adapter and tail weights at construction (the adapter is the
+    /// identity there): what [`AdaptConfig::anchor`] pulls toward.
+    source: Params,
     optimizer: Box<dyn Optimizer>,
     pub bank: Option<MemoryBank>,
     schedule: CosineSchedule,
@@ -279,6 +298,8 @@ impl Trainer {
             }
             None => (None, Params::new()),
         };
+        let mut source = params.with_prefix("adapter.");
+        source.extend(params.with_prefix(TAIL_PREFIX));
         let mut ema = params.with_prefix("adapter.");
         ema.extend(params.with_prefix("head."));
         ema.extend(params.with_prefix(TAIL_PREFIX));
@@ -300,6 +321,7 @@ impl Trainer {
             ema,
             tail,
             tail_init,
+            source,
             bank,
             schedule,
             step: 0,
@@ -563,9 +585,10 @@ impl Trainer {
                         // Both views are classified; the loss is their mean.
                         let w = matrix(self.params.get(CLASSIFIER_WEIGHT)?, CLASSIFIER_WEIGHT)?;
                         let b = self.params.get(CLASSIFIER_BIAS)?;
-                        let b = b.view().into_dimensionality::<ndarray::Ix1>().map_err(|e| {
-                            TrainError::Config(format!("{CLASSIFIER_BIAS}: {e}"))
-                        })?;
+                        let b = b
+                            .view()
+                            .into_dimensionality::<ndarray::Ix1>()
+                            .map_err(|e| TrainError::Config(format!("{CLASSIFIER_BIAS}: {e}")))?;
                         let o1 = loss::cross_entropy(z1.view(), labels, w, b)?;
                         let o2 = loss::cross_entropy(z2.view(), labels, w, b)?;
                         let half = |a: Array2<f32>| a.mapv(|v| 0.5 * v);
@@ -640,6 +663,23 @@ impl Trainer {
                 step: self.step,
                 what,
             });
+        }
+        if self.config.anchor > 0.0 {
+            // θ ← θ + a·(θ₀ − θ).
+            let a = self.config.anchor;
+            for (name, source) in self.source.iter() {
+                let current = self.params.get_mut(name)?;
+                if current.shape() != source.shape() {
+                    return Err(TrainError::Config(format!(
+                        "{name} is {:?}, its source weights {:?}",
+                        current.shape(),
+                        source.shape()
+                    )));
+                }
+                ndarray::Zip::from(current)
+                    .and(source)
+                    .for_each(|t, &s0| *t += a * (s0 - *t));
+            }
         }
         let momentum = self.config.momentum;
         self.ema.ema_update(&self.params, momentum)?;

@@ -63,7 +63,12 @@ pub fn cross_entropy<A: Copy + Into<f64>>(
         return Err(mismatch("labels", [labels.len(), 1], "z", [rows, dim]));
     }
     if weight.ncols() != dim {
-        return Err(mismatch("weight", [classes, weight.ncols()], "z", [rows, dim]));
+        return Err(mismatch(
+            "weight",
+            [classes, weight.ncols()],
+            "z",
+            [rows, dim],
+        ));
     }
     if bias.len() != classes {
         return Err(mismatch("bias", [bias.len(), 1], "weight", [classes, dim]));

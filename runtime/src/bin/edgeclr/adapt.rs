@@ -107,6 +107,12 @@ pub struct Args {
     /// passes per image per epoch), no cache memory.
     #[arg(long)]
     pub stream: bool,
+    /// Drift guard: after every step, pull the adapter (and tail) back
+    /// toward the source weights by this fraction of the way (0: off; e.g.
+    /// 0.01 for a long --stream). With --val the best epoch is exported
+    /// anyway; the anchor is for runs nobody checks.
+    #[arg(long, default_value_t = 0.0, value_name = "A")]
+    pub anchor: f32,
     /// Use only the first N training images.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
@@ -440,7 +446,12 @@ pub fn run(mut args: Args) -> Result<()> {
     }
     let objective: edgeclr::adapt::loss::Objective = args.loss.parse()?;
     let labels = if objective.uses_labels() {
-        Some(training_labels(&data, n, args.labels_per_class, &args.loss)?)
+        Some(training_labels(
+            &data,
+            n,
+            args.labels_per_class,
+            &args.loss,
+        )?)
     } else if args.labels_per_class.is_some() {
         bail!("--labels-per-class needs --loss supcon or ce (the objectives that read labels)");
     } else {
@@ -453,6 +464,7 @@ pub fn run(mut args: Args) -> Result<()> {
     let config = AdaptConfig {
         loss: args.loss.clone(),
         classes,
+        anchor: args.anchor,
         epochs: args.epochs,
         batch_size: args.batch_size,
         lr: args.lr,

@@ -465,14 +465,22 @@ fn adapt_step(
     views.extend((0..augmented.num_views()).map(|v| augmented.view(v)));
     let cache = ViewCache::new(views, Precision::F32)?;
     let view_seconds = started.elapsed().as_secs_f64();
-    let (config, adapted) = train_and_score(args, &args.adapt_loss, &cache, data, probe_config, "adapting")?;
+    let (config, adapted) = train_and_score(
+        args,
+        &args.adapt_loss,
+        &cache,
+        data,
+        probe_config,
+        "adapting",
+    )?;
     let labelled = config.objective()?.uses_labels();
     let baseline = match args.adapt_baseline.as_str() {
         "none" => None,
         loss => {
             let t0 = Instant::now();
-            let (config, adapted) = train_and_score(args, loss, &cache, data, probe_config, "baseline")
-                .with_context(|| format!("the --adapt-baseline {loss} run"))?;
+            let (config, adapted) =
+                train_and_score(args, loss, &cache, data, probe_config, "baseline")
+                    .with_context(|| format!("the --adapt-baseline {loss} run"))?;
             Some(BaselineReport {
                 loss: config.loss,
                 seconds: t0.elapsed().as_secs_f64(),
