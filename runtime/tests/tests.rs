@@ -10,6 +10,7 @@ mod adapt_tail;
 mod augment;
 mod bad_inputs;
 mod bank;
+mod blocks;
 mod checkpoint;
 mod data;
 mod errors;
