@@ -70,6 +70,11 @@ struct Args {
     bank_size: usize,
     #[arg(long, default_value_t = 1e-3)]
     lr: f32,
+    /// Drift guard: after every step the adapter moves this fraction of the
+    /// way back to its source weights (the identity), so an endless stream
+    /// stays near the frozen encoder (0: off).
+    #[arg(long, default_value_t = 0.0, value_name = "A")]
+    anchor: f32,
     /// Recent frames the trainer samples its batches from.
     #[arg(long, default_value_t = 128)]
     buffer: usize,
@@ -113,6 +118,7 @@ fn config(args: &Args) -> AdaptConfig {
         warmup_epochs: 10,
         bank_size: args.bank_size,
         seed: args.seed,
+        anchor: args.anchor,
         ..AdaptConfig::default()
     }
 }
