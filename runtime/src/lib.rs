@@ -173,6 +173,13 @@ pub mod rss;
 pub mod source;
 pub mod store;
 
+/// The source tree this crate was built from (`.cargo/config.toml` sets it).
+/// Read only so that rustc records it as a dependency: when a shared build
+/// cache (`ci/target-cache`) last built another clone, the value differs and
+/// cargo rebuilds this crate instead of reusing the other clone's artefact.
+#[doc(hidden)]
+pub const SOURCE_TREE: Option<&str> = option_env!("EDGECLR_SOURCE_TREE");
+
 pub use backend::{Encoder, EncoderOutput, LoadOptions, ModelError, TractEncoder};
 pub use error::{Error, Result};
 pub use manifest::Manifest;

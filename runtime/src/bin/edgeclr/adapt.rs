@@ -41,6 +41,14 @@ pub struct Args {
     /// unlabelled (supcon: each its own class of one; ce: not at all).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub labels_per_class: Option<u64>,
+    /// Semi-supervised: labelled images (class subfolders, a CSV list or an
+    /// IDX directory's `train` split, e.g. the shots enrolled in a k-NN head)
+    /// trained beside --images, whose labels are then ignored: with
+    /// `--loss supcon` the labelled ones are positives of their class and
+    /// each unlabelled image is its own class of one (InfoNCE against the
+    /// labelled bank); with `ce` only the labelled ones train.
+    #[arg(long, value_name = "DIR|IDX", conflicts_with_all = ["labels_per_class", "stream"])]
+    pub labelled: Option<PathBuf>,
     /// Labelled data for evaluation only, never trained on: k-NN and linear
     /// probe fitted on its train split, scored on its test split, every
     /// epoch. An IDX directory (train + t10k), a split tree (`train/` and
@@ -399,6 +407,22 @@ pub fn run(mut args: Args) -> Result<()> {
         .with_context(|| format!("opening {}", args.images.display()))?;
     let n = args.limit.map_or(data.len(), |l| l.min(data.len()));
     check_duplicates(&data, n)?;
+    let labelled = match &args.labelled {
+        Some(path) => {
+            let set = Dataset::open(path, Some("train"))
+                .with_context(|| format!("opening --labelled {}", path.display()))?;
+            if set.labels().is_none() {
+                bail!(
+                    "--labelled {} has no labels (class subfolders, a CSV list with labels or IDX labels)",
+                    path.display()
+                );
+            }
+            Some(set)
+        }
+        None => None,
+    };
+    // Training images: the first `n` of --images, then every --labelled one.
+    let total = n + labelled.as_ref().map_or(0, Dataset::len);
     let manifest = args.model.manifest()?;
     if !manifest.outputs.pool.is_none() {
         bail!(
@@ -437,7 +461,7 @@ pub fn run(mut args: Args) -> Result<()> {
         .map_or(manifest.outputs.embedding_dim, |(_, _, trunk)| {
             trunk.outputs.embedding_dim
         });
-    let shape = memory_shape(&args, &manifest, n, view_width, precision)?;
+    let shape = memory_shape(&args, &manifest, total, view_width, precision)?;
     let allow_f16 = args.cache_precision.is_none();
     if let Some(plan) = super::memory::plan(shape, args.memory_budget, allow_f16)? {
         (args.bank_size, args.batch_size) = (plan.bank, plan.batch);
@@ -445,7 +469,14 @@ pub fn run(mut args: Args) -> Result<()> {
         args.model.threads = plan.threads;
     }
     let objective: edgeclr::adapt::loss::Objective = args.loss.parse()?;
-    let labels = if objective.uses_labels() {
+    let labels = if let Some(set) = &labelled {
+        if !objective.uses_labels() {
+            bail!("--labelled needs --loss supcon or ce (the objectives that read labels)");
+        }
+        let mut labels = vec![None; n];
+        labels.extend(set.labels().unwrap_or_default().iter().map(|&c| Some(c)));
+        Some(labels)
+    } else if objective.uses_labels() {
         Some(training_labels(
             &data,
             n,
@@ -490,19 +521,19 @@ pub fn run(mut args: Args) -> Result<()> {
         None => args.model.load(true)?,
     };
     let tail = tail.map(|(spec, init, _)| (spec, init));
-    if n < args.batch_size {
+    if total < args.batch_size {
         bail!(
             "{} training images, fewer than one batch of {}",
-            n,
+            total,
             args.batch_size
         );
     }
-    let steps = Trainer::steps_per_epoch(n, args.batch_size);
+    let steps = Trainer::steps_per_epoch(total, args.batch_size);
     let mut trainer =
         Trainer::with_tail(config.clone(), tail, manifest.outputs.embedding_dim, steps)?;
     if let Some(labels) = labels {
         let known = labels.iter().flatten().count();
-        println!("{}: {known} of {n} training images labelled", config.loss);
+        println!("{}: {known} of {total} training images labelled", config.loss);
         trainer.set_labels(labels);
     }
     let mut first_epoch = 0;
@@ -552,10 +583,25 @@ pub fn run(mut args: Args) -> Result<()> {
         );
         Views::Stream { maker, diag }
     } else {
-        let cache = build_cache(&mut *encoder, &data, n, args.views, args.seed, precision)?;
+        let mut cache = build_cache(&mut *encoder, &data, n, args.views, args.seed, precision)?;
+        if let Some(set) = &labelled {
+            // The labelled images follow the unlabelled ones, as their labels do.
+            let extra = build_cache(
+                &mut *encoder,
+                set,
+                set.len(),
+                args.views,
+                args.seed ^ 0x1abe1,
+                precision,
+            )?;
+            let joined = (0..args.views)
+                .map(|v| ndarray::concatenate![ndarray::Axis(0), cache.view(v), extra.view(v)])
+                .collect();
+            cache = ViewCache::new(joined, precision)?;
+        }
         println!(
             "view cache: {} images × {} views, {:.1} MiB ({precision}), built in {:.0}s",
-            n,
+            total,
             args.views,
             cache.memory_bytes() as f64 / (1 << 20) as f64,
             started.elapsed().as_secs_f64()
