@@ -533,7 +533,10 @@ pub fn run(mut args: Args) -> Result<()> {
         Trainer::with_tail(config.clone(), tail, manifest.outputs.embedding_dim, steps)?;
     if let Some(labels) = labels {
         let known = labels.iter().flatten().count();
-        println!("{}: {known} of {total} training images labelled", config.loss);
+        println!(
+            "{}: {known} of {total} training images labelled",
+            config.loss
+        );
         trainer.set_labels(labels);
     }
     let mut first_epoch = 0;
