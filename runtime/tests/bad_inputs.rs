@@ -234,6 +234,14 @@ const ROWS: &[Row] = &[
             StoreError::Npy { .. }
         )
     }),
+    // Found by the npy fuzzer: a 45-deep `{{{…` header, on which the
+    // header parser took minutes; refused before it is parsed.
+    row(&["nested_header.npy"], || {
+        refused!(
+            EmbeddingSet::load(&bad("nested_header.npy")),
+            StoreError::Npy { message, .. } if message.contains("nested brackets")
+        )
+    }),
     row(&["emb_neglabel.npy", "emb_neglabel.labels.npy"], || {
         refused!(
             EmbeddingSet::load(&bad("emb_neglabel.npy")),

@@ -132,6 +132,34 @@ fn npy_err(path: &Path) -> impl Fn(String) -> StoreError + '_ {
     }
 }
 
+/// Refuses a `.npy` header that nests brackets, before ndarray-npy parses it:
+/// its Python-literal parser takes time exponential in the nesting depth (the
+/// fuzzer found a 45-deep `{{{…` header that ran for minutes). The arrays
+/// edgeclr reads have one dict and one shape tuple, nothing nested.
+fn check_header_nesting(bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Ok(()); // not an npy at all: the parser reports that
+    }
+    let (len, start): (usize, usize) = match bytes[6] {
+        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+        _ if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        _ => return Ok(()),
+    };
+    let header = &bytes[start..bytes.len().min(start.saturating_add(len))];
+    let count = |c: u8| header.iter().filter(|&&b| b == c).count();
+    if count(b'{') > 1 || count(b'(') > 1 || count(b'[') > 0 {
+        return Err(
+            "the header is not a plain {'descr', 'fortran_order', 'shape'} dict \
+             (nested brackets): not an array edgeclr reads"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// Reads a whole `.npy` file, refusing one whose header declares more data
 /// than the file holds. ndarray-npy allocates what the header declares before
 /// it reads, so without this a 100-byte file declaring a 10⁹ × 10⁶ shape
@@ -141,6 +169,7 @@ fn read_npy_bytes(path: &Path, element_size: usize) -> Result<Vec<u8>, StoreErro
         path: path.to_path_buf(),
         source,
     })?;
+    check_header_nesting(&bytes).map_err(npy_err(path))?;
     let mut data = &bytes[..];
     let header = Header::from_reader(&mut data).map_err(|e| npy_err(path)(e.to_string()))?;
     let declared = header
