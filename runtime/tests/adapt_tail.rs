@@ -317,6 +317,26 @@ fn moco_enqueues_the_keys_it_used() {
     );
 }
 
+/// Labels of the eight images the label-reading trainer tests use: three
+/// classes and two unlabelled images.
+const LABELS: [Option<usize>; 8] = [
+    Some(0),
+    Some(1),
+    None,
+    Some(1),
+    Some(0),
+    Some(2),
+    Some(2),
+    None,
+];
+
+/// A trainer for 6-wide inputs, 2 steps per epoch, with [`LABELS`] set.
+fn labelled_trainer(cfg: &AdaptConfig) -> Trainer {
+    let mut t = Trainer::new(cfg.clone(), 6, 2).unwrap();
+    t.set_labels(LABELS.to_vec());
+    t
+}
+
 /// SupCon in the trainer: the labels set for the images reach the bank with
 /// their keys (prefill and every step), survive a checkpoint, and a resumed
 /// trainer continues exactly as the uninterrupted one.
@@ -333,21 +353,8 @@ fn supcon_trainer_keeps_labels_in_the_bank_and_resumes_exactly() {
         warmup_epochs: 0,
         ..AdaptConfig::default()
     };
-    let labels = vec![
-        Some(0),
-        Some(1),
-        None,
-        Some(1),
-        Some(0),
-        Some(2),
-        Some(2),
-        None,
-    ];
-    let new = || {
-        let mut t = Trainer::new(cfg.clone(), 6, 2).unwrap();
-        t.set_labels(labels.clone());
-        t
-    };
+    let labels = LABELS.to_vec();
+    let new = || labelled_trainer(&cfg);
     let cache = ViewCache::new(
         vec![random_views(8, 8, 6), random_views(9, 8, 6)],
         Precision::F32,
@@ -397,21 +404,7 @@ fn ce_trainer_fits_labels_and_resumes_exactly() {
         lr: 5e-2,
         ..AdaptConfig::default()
     };
-    let labels = vec![
-        Some(0),
-        Some(1),
-        None,
-        Some(1),
-        Some(0),
-        Some(2),
-        Some(2),
-        None,
-    ];
-    let new = || {
-        let mut t = Trainer::new(cfg.clone(), 6, 2).unwrap();
-        t.set_labels(labels.clone());
-        t
-    };
+    let new = || labelled_trainer(&cfg);
     // Two views of each image: the same point plus a little noise.
     let noisy = random_views(8, 8, 6) + random_views(9, 8, 6).mapv(|v| 0.1 * v);
     let cache = ViewCache::new(vec![random_views(8, 8, 6), noisy], Precision::F32).unwrap();

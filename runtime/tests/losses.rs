@@ -1110,22 +1110,12 @@ fn supcon_spec_parses() {
 
 // ---------------------------------------------------------- cross-entropy
 
-/// The `ce` reference labels of a case (JSON `null` = unlabelled).
-fn json_labels(params: &serde_json::Map<String, Value>) -> Vec<Option<usize>> {
-    params["labels"]
-        .as_array()
-        .expect("labels")
-        .iter()
-        .map(|v| v.as_u64().map(|x| x as usize))
-        .collect()
-}
-
 #[test]
 fn cross_entropy_matches_numpy() {
     let (z, w) = (load64("z1"), load64("ce_w"));
     let b = load64("ce_b").row(0).to_owned();
     for (p, want, _) in cases("ce") {
-        let labels = json_labels(&p);
+        let labels = labels_param(&p, "labels");
         let out = cross_entropy(z.view(), &labels, w.view(), b.view()).unwrap();
         assert_value(out.value, want, &format!("ce labels={labels:?}"));
         assert_eq!(out.labelled, labels.iter().flatten().count());

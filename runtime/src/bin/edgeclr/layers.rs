@@ -17,7 +17,7 @@ use edgeclr::backend::{infer_output_shape, load_encoder};
 use edgeclr::data::Dataset;
 use edgeclr::embed::{embed_dataset, EmbedOptions};
 use edgeclr::manifest::Pool;
-use edgeclr::metrics::Diagnostics;
+use edgeclr::metrics::{l2_normalize_rows, Diagnostics};
 use edgeclr::probe::{KnnHead, LinearProbe, LinearProbeConfig};
 use edgeclr::{LoadOptions, Manifest};
 use ndarray::{Array2, Axis};
@@ -216,6 +216,7 @@ pub fn run(args: Args) -> Result<()> {
             };
             let (v1, v2) = (pooled(&views.view(0))?, pooled(&views.view(1))?);
             let diag = Diagnostics::compute(v1.view(), Some(v2.view()))?;
+            let (u1, u2) = (l2_normalize_rows(v1.view()), l2_normalize_rows(v2.view()));
             let alignment = diag.alignment.unwrap_or(f64::NAN);
             let (knn_cv, probe_cv) = match &plain {
                 Some((x, labels, classes)) => {
@@ -234,8 +235,8 @@ pub fn run(args: Args) -> Result<()> {
                 rankme: diag.effective_rank,
                 alignment,
                 uniformity: diag.uniformity,
-                relative_alignment: alignment / mean_sq_distance(&v1),
-                retrieval: retrieval(&v1, &v2),
+                relative_alignment: alignment / mean_sq_distance(&u1),
+                retrieval: retrieval(&u1, &u2),
                 knn_cv,
                 probe_cv,
                 pool_value: pool,
@@ -300,38 +301,18 @@ fn label_free_score(r: &Row) -> f64 {
     r.rankme * (1.0 - r.retrieval)
 }
 
-/// Mean squared distance between the L2-normalised rows of `x` over pairs
-/// of different rows: `2 − 2·mean_{i≠j} cos`, from the mean unit vector.
-fn mean_sq_distance(x: &Array2<f32>) -> f64 {
-    let n = x.nrows() as f64;
-    let mut sum = ndarray::Array1::<f64>::zeros(x.ncols());
-    for row in x.rows() {
-        let norm = row
-            .iter()
-            .map(|&v| f64::from(v) * f64::from(v))
-            .sum::<f64>()
-            .sqrt();
-        if norm > 0.0 {
-            sum.zip_mut_with(&row, |s, &v| *s += f64::from(v) / norm);
-        }
-    }
+/// Mean squared distance between unit rows `u` over pairs of different
+/// rows: `2 − 2·mean_{i≠j} cos`, from the sum of the rows.
+fn mean_sq_distance(u: &Array2<f32>) -> f64 {
+    let n = u.nrows() as f64;
+    let sum = u.mapv(f64::from).sum_axis(Axis(0));
     let mean_cos = (sum.dot(&sum) - n) / (n * (n - 1.0));
     2.0 - 2.0 * mean_cos
 }
 
-/// Share of rows `i` of `b` whose most cosine-similar row of `a` is row `i`.
+/// Share of unit rows `i` of `b` whose most similar unit row of `a` is row `i`.
 fn retrieval(a: &Array2<f32>, b: &Array2<f32>) -> f64 {
-    let unit = |x: &Array2<f32>| {
-        let mut x = x.clone();
-        for mut row in x.rows_mut() {
-            let norm = row.dot(&row).sqrt();
-            if norm > 0.0 {
-                row.mapv_inplace(|v| v / norm);
-            }
-        }
-        x
-    };
-    let sim = unit(b).dot(&unit(a).t());
+    let sim = b.dot(&a.t());
     let hits = sim
         .rows()
         .into_iter()
