@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use edgeclr::adapt::tail::{load_tail, TailChoice};
+use edgeclr::adapt::tail::{load_tail, ParamScope, TailChoice};
 use edgeclr::adapt::trainer::{AdaptConfig, Trainer};
 use edgeclr::Manifest;
 use ndarray::Array2;
@@ -92,7 +92,8 @@ fn head_only() -> (Trainer, Array2<f32>, Array2<f32>) {
 /// a time, so no 4096 × 15680 fill matrix inflates the peak RSS.
 fn tail_head() -> (Trainer, Array2<f32>, Array2<f32>) {
     let manifest = Manifest::load(&repo("models/mobilenet_v2")).expect("models/mobilenet_v2");
-    let tail = load_tail(&manifest, &TailChoice::Auto).expect("MobileNetV2 tail layers");
+    let tail =
+        load_tail(&manifest, &TailChoice::Auto, ParamScope::All).expect("MobileNetV2 tail layers");
     let width = tail.0.channels * CUT_PIXELS;
     let config = AdaptConfig {
         loss: "infonce:tau=0.2".into(),

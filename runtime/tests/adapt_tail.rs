@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use crate::common::repo;
 use edgeclr::adapt::layers::{adapter_forward, mlp_forward};
-use edgeclr::adapt::tail::{self, trunk_model, TailChoice, TailError, TailOp, TailSpec};
+use edgeclr::adapt::tail::{self, trunk_model, ParamScope, TailChoice, TailError, TailSpec};
 use edgeclr::adapt::trainer::{AdaptConfig, Precision, Trainer, ViewCache};
 use edgeclr::adapt::Params;
 use edgeclr::inspect::parse_proto;
@@ -45,8 +45,21 @@ fn matrix(rows: &[Vec<f64>]) -> Array2<f32> {
     Array2::from_shape_fn((rows.len(), rows[0].len()), |(i, j)| rows[i][j] as f32)
 }
 
+/// The tiny model's input, `[4, 3, 3]` per image.
+const TINY_INPUT: [usize; 3] = [4, 3, 3];
+
+fn tiny_spec(choice: &TailChoice) -> Result<(TailSpec, Params), TailError> {
+    TailSpec::from_model(
+        &tiny_proto(),
+        "embedding",
+        choice,
+        &TINY_INPUT,
+        ParamScope::All,
+    )
+}
+
 fn tiny_tail() -> (TailSpec, Params) {
-    TailSpec::from_model(&tiny_proto(), "embedding", &TailChoice::Node("conv".into())).unwrap()
+    tiny_spec(&TailChoice::Node("conv".into())).unwrap()
 }
 
 fn weighted_loss(y: ArrayView2<f32>, g: ArrayView2<f32>) -> f64 {
@@ -75,10 +88,10 @@ fn the_walk_finds_the_tail_and_its_weights() {
         ]
     );
     assert_eq!(init.get("tail.conv.weight").unwrap().shape(), [5, 4, 1, 1]);
-    assert!(matches!(spec.ops[1], TailOp::Clamp { min, max } if min == 0.0 && max == 6.0));
+    assert_eq!(spec.cut_shape, [4, 3, 3]);
 
     // auto: the last weighted layer (MatMul) and what follows it.
-    let (auto, _) = TailSpec::from_model(&tiny_proto(), "embedding", &TailChoice::Auto).unwrap();
+    let (auto, _) = tiny_spec(&TailChoice::Auto).unwrap();
     assert_eq!(auto.nodes, ["fc", "fc_bias", "out_relu"]);
     assert_eq!((auto.cut.as_str(), auto.channels), ("flat", 5));
 
@@ -93,27 +106,49 @@ fn the_walk_finds_the_tail_and_its_weights() {
 
 #[test]
 fn bad_choices_are_clear_errors() {
-    let proto = tiny_proto();
-    let err = TailSpec::from_model(&proto, "embedding", &TailChoice::Node("trunk_relu".into()))
-        .unwrap_err();
+    let err = tiny_spec(&TailChoice::Node("trunk_relu".into())).unwrap_err();
     assert!(
         matches!(err, TailError::Graph(ref m) if m.contains("nothing would be left")),
         "{err}"
     );
-    let err =
-        TailSpec::from_model(&proto, "embedding", &TailChoice::Node("nope".into())).unwrap_err();
+    let err = tiny_spec(&TailChoice::Node("nope".into())).unwrap_err();
     assert!(
         err.to_string().contains("without meeting node 'nope'"),
         "{err}"
     );
-    let err = TailSpec::from_model(&proto, "missing", &TailChoice::Auto).unwrap_err();
+    let err = TailSpec::from_model(
+        &tiny_proto(),
+        "missing",
+        &TailChoice::Auto,
+        &TINY_INPUT,
+        ParamScope::All,
+    )
+    .unwrap_err();
     assert!(matches!(err, TailError::Graph(_)), "{err}");
+    // The tiny graph is a plain chain: its block outputs are few.
+    let err = tiny_spec(&TailChoice::Blocks(50)).unwrap_err();
+    assert!(err.to_string().contains("asked for 50"), "{err}");
+    // Biases only: the conv and MatMul weights get no gradient.
+    let (spec, init) = TailSpec::from_model(
+        &tiny_proto(),
+        "embedding",
+        &TailChoice::Node("conv".into()),
+        &TINY_INPUT,
+        ParamScope::Biases,
+    )
+    .unwrap();
+    assert_eq!(spec.param_names(), ["tail.conv.bias", "tail.fc.bias"]);
+    assert_eq!(
+        init.len(),
+        4,
+        "frozen weights are still given to the forward"
+    );
 }
 
 #[test]
-fn unsupported_ops_are_named() {
+fn mobilenet_scopes_auto_and_last_blocks() {
     let manifest = Manifest::load(&repo("models/mobilenet_v2")).unwrap();
-    let (spec, init) = tail::load_tail(&manifest, &TailChoice::Auto).unwrap();
+    let (spec, init) = tail::load_tail(&manifest, &TailChoice::Auto, ParamScope::All).unwrap();
     assert_eq!(
         spec.nodes,
         [
@@ -125,18 +160,65 @@ fn unsupported_ops_are_named() {
     );
     assert_eq!(spec.cut, "features.17");
     assert_eq!((spec.channels, spec.out_dim), (320, 1280));
+    assert_eq!(spec.cut_shape, [320, 7, 7]);
     assert_eq!(init.numel(), 1280 * 320 + 1280);
-    // One node further back is the depthwise 3×3 conv: refused, by name and op.
-    let err = tail::load_tail(
+    // One node further back is the depthwise 3×3 conv: the engine trains it.
+    let (spec, _) = tail::load_tail(
         &manifest,
         &TailChoice::Node("features.17.conv.1.0.conv".into()),
+        ParamScope::All,
+    )
+    .unwrap();
+    assert_eq!(spec.cut, "features.17.conv.0.2.relu6");
+    assert_eq!(spec.cut_shape, [960, 7, 7]);
+    // The last 4 blocks: features.15-18, cut at features.14 (two residual
+    // blocks inside the scope).
+    let (spec, init) = tail::load_tail(&manifest, &TailChoice::Blocks(4), ParamScope::All).unwrap();
+    assert_eq!(spec.cut, "features.14");
+    assert_eq!(spec.cut_shape, [160, 7, 7]);
+    assert_eq!(
+        spec.nodes.first().map(String::as_str),
+        Some("features.15.conv.0.0.conv")
+    );
+    assert!(spec.nodes.iter().any(|n| n == "features.16.add"));
+    assert_eq!(spec.param_names().len(), 3 * 6 + 2);
+    assert!(init.numel() > 1_000_000);
+    // A node inside a residual block: the skip connection crosses the cut.
+    let err = tail::load_tail(
+        &manifest,
+        &TailChoice::Node("features.16.conv.1.0.conv".into()),
+        ParamScope::All,
     )
     .unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains("features.17.conv.1.0.conv")
-            && text.contains("Conv")
-            && text.contains("group"),
+        text.contains("features.16.add") && text.contains("skip connection"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unsupported_ops_are_named() {
+    // The tiny model with its Relu replaced by a Sigmoid inside the tail.
+    let mut proto = tiny_proto();
+    let graph = proto.graph.as_mut().unwrap();
+    let node = graph
+        .node
+        .iter_mut()
+        .find(|n| n.name == "out_relu")
+        .unwrap();
+    node.op_type = "Sigmoid".into();
+    let err = TailSpec::from_model(
+        &proto,
+        "embedding",
+        &TailChoice::Auto,
+        &TINY_INPUT,
+        ParamScope::All,
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("out_relu") && text.contains("Sigmoid") && text.contains("Conv, Gemm"),
         "{text}"
     );
 }

@@ -277,9 +277,9 @@ fn wrong_adapters_and_targets_are_refused() {
 /// process (frozen trunk → tail → adapter), in tract and in ONNX Runtime.
 #[test]
 fn exported_tail_and_adapter_match_the_in_process_model() {
-    use edgeclr::adapt::tail::{self, TailChoice};
+    use edgeclr::adapt::tail::{self, ParamScope, TailChoice};
     let manifest = default_manifest();
-    let (spec, init) = tail::load_tail(&manifest, &TailChoice::Auto).unwrap();
+    let (spec, init) = tail::load_tail(&manifest, &TailChoice::Auto, ParamScope::All).unwrap();
     let dir = scratch("tail");
     let trunk = tail::write_trunk(&manifest, &spec, &dir.join("trunk")).unwrap();
     assert_eq!(trunk.outputs.embedding, "features.17");

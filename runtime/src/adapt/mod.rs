@@ -14,6 +14,7 @@ pub mod collapse;
 pub mod export;
 pub mod layers;
 pub mod loss;
+pub mod nn;
 pub mod optim;
 pub mod params;
 pub mod tail;

@@ -76,6 +76,10 @@ pub struct AdaptConfig {
     /// node's name; `None`: adapter only). Absent in older checkpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_tail: Option<String>,
+    /// Which of the tail's parameters train (`all`, `biases`, `norm`).
+    /// Absent in older checkpoints.
+    #[serde(default, skip_serializing_if = "is_all")]
+    pub train_params: super::tail::ParamScope,
     /// Classes of the softmax classifier that `--loss ce` trains (labels
     /// must be below it); 0 for every other objective. Absent in older
     /// checkpoints.
@@ -89,6 +93,10 @@ pub struct AdaptConfig {
     /// in older checkpoints.
     #[serde(default, skip_serializing_if = "is_zero_f32")]
     pub anchor: f32,
+}
+
+fn is_all(p: &super::tail::ParamScope) -> bool {
+    *p == super::tail::ParamScope::All
 }
 
 fn is_zero_f32(x: &f32) -> bool {
@@ -121,6 +129,7 @@ impl Default for AdaptConfig {
             momentum: 0.99,
             seed: 0,
             train_tail: None,
+            train_params: super::tail::ParamScope::All,
             classes: 0,
             anchor: 0.0,
         }

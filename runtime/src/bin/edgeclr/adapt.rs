@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use edgeclr::adapt::budget::RunShape;
 use edgeclr::adapt::checkpoint::Checkpoint;
 use edgeclr::adapt::export::export_adapted;
-use edgeclr::adapt::tail::{load_tail, write_trunk, TailChoice};
+use edgeclr::adapt::tail::{load_tail, write_trunk, ParamScope, TailChoice};
 use edgeclr::adapt::trainer::{
     AdaptConfig, Precision, TrainError, Trainer, ViewCache, ViewCacheBuilder,
 };
@@ -100,12 +100,28 @@ pub struct Args {
     pub views: usize,
     /// Also train the last layers of the ONNX graph: `auto` (the last
     /// weighted layer before the embedding and what follows it; for
-    /// MobileNetV2 the 1×1 conv 320→1280, ReLU6 and pooling) or the name of
-    /// the first node to train. Only Gemm, MatMul, 1×1 Conv, bias Add, Relu,
-    /// Clip, GlobalAveragePool/ReduceMean and Flatten/Reshape can be trained;
-    /// the trunk is cut before them and the views hold the cut tensor.
-    #[arg(long, value_name = "auto|NODE")]
+    /// MobileNetV2 the 1×1 conv 320→1280, ReLU6 and pooling), `blocks:K`
+    /// (as --train-blocks) or the name of the first node to train (as
+    /// --train-from). The trunk is cut before them and the views hold the
+    /// cut tensor.
+    #[arg(long, value_name = "auto|blocks:K|NODE", conflicts_with_all = ["train_blocks", "train_from"])]
     pub train_tail: Option<String>,
+    /// Train the last K blocks of the encoder (and the layers after them),
+    /// found from the graph's structure (residual Adds, fan-outs, linear
+    /// bottlenecks; `edgeclr layers` lists them). Depthwise and grouped
+    /// convs, residual Adds, BatchNorm and pooling are differentiated by
+    /// edgeclr's engine; any other op is refused by name.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "train_from")]
+    pub train_blocks: Option<u64>,
+    /// Train every node from NODE to the embedding (NODE must read one data
+    /// tensor: a skip connection may not cross the cut).
+    #[arg(long, value_name = "NODE")]
+    pub train_from: Option<String>,
+    /// Which parameters of the trained layers move: `all`, `biases`
+    /// (TinyTL-style: conv/linear biases and BatchNorm shifts) or `norm`
+    /// (per-channel scales and shifts). Needs a trained scope.
+    #[arg(long, value_name = "all|biases|norm", default_value = "all")]
+    pub train_params: edgeclr::adapt::tail::ParamScope,
     /// Storage of the view cache: f16 or f32 (default: f16 with
     /// --train-tail, whose cut tensors are large; f32 otherwise).
     #[arg(long, value_name = "f16|f32")]
@@ -395,6 +411,20 @@ impl Views {
 /// Images used for the per-epoch diagnostics in streaming mode.
 const STREAM_DIAG_IMAGES: usize = 256;
 
+impl Args {
+    /// The trained scope from --train-tail, --train-blocks or --train-from.
+    fn tail_choice(&self) -> Result<Option<TailChoice>> {
+        Ok(
+            match (&self.train_tail, self.train_blocks, &self.train_from) {
+                (Some(t), _, _) => Some(t.parse().map_err(anyhow::Error::msg)?),
+                (None, Some(k), _) => Some(TailChoice::Blocks(k as usize)),
+                (None, None, Some(n)) => Some(TailChoice::Node(n.clone())),
+                (None, None, None) => None,
+            },
+        )
+    }
+}
+
 pub fn run(mut args: Args) -> Result<()> {
     if args.views < 2 {
         bail!("--views must be at least 2 (a positive pair needs two views)");
@@ -434,10 +464,13 @@ pub fn run(mut args: Args) -> Result<()> {
     }
     // With tail layers the backend runs the trunk (the model cut below them),
     // and the views hold the cut tensor.
-    let tail = match &args.train_tail {
+    let train_tail = args.tail_choice()?;
+    if train_tail.is_none() && args.train_params != ParamScope::All {
+        bail!("--train-params {} needs layers to train (--train-blocks, --train-from or --train-tail)", args.train_params);
+    }
+    let tail = match &train_tail {
         Some(choice) => {
-            let choice: TailChoice = choice.parse()?;
-            let (spec, init) = load_tail(&manifest, &choice)
+            let (spec, init) = load_tail(&manifest, choice, args.train_params)
                 .with_context(|| format!("finding the tail layers of {}", manifest.name))?;
             let trunk = write_trunk(&manifest, &spec, &args.out.join("trunk"))?;
             println!(
@@ -506,7 +539,8 @@ pub fn run(mut args: Args) -> Result<()> {
         bank_size: args.bank_size,
         momentum: args.momentum,
         seed: args.seed,
-        train_tail: args.train_tail.clone(),
+        train_tail: train_tail.as_ref().map(ToString::to_string),
+        train_params: args.train_params,
         ..AdaptConfig::default()
     };
     let mut encoder: Box<dyn Encoder> = match &tail {
