@@ -19,6 +19,8 @@ mod losses;
 mod metrics;
 mod model;
 mod model_init;
+mod nn_ops;
+mod nn_torch;
 mod ort_parity;
 mod probe;
 mod second_model;

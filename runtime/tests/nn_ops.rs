@@ -1,0 +1,1 @@
+//! Engine ops against tract and finite differences (being written).

@@ -1,0 +1,1 @@
+//! The engine against PyTorch autograd (being written).
