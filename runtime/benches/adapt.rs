@@ -16,13 +16,22 @@
 //! its peer is the same script with `--tail`.
 //!
 //! Each side's peak RSS is measured in its own process.
+//!
+//! The engine rows time forward + backward of a trained scope alone (no
+//! adapter, head or loss: `loss = Σ y·g` for a fixed `g`) on batches of 64
+//! cached cut tensors: MobileNetV2's last 1×1 conv (`auto`), its last 4
+//! blocks with all parameters, and the last 4 blocks with biases only
+//! (TinyTL-style), at 112 and 224 px input, on 1 and 2 threads. The peer,
+//! runtime/benches/peer_torch_scope.py, rebuilds the same subgraph node by
+//! node from the ONNX file in PyTorch and runs the same step.
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use edgeclr::adapt::tail::{load_tail, ParamScope, TailChoice};
+use edgeclr::adapt::tail::{self, load_tail, ParamScope, TailChoice, TailSpec};
 use edgeclr::adapt::trainer::{AdaptConfig, Trainer};
+use edgeclr::adapt::Params;
 use edgeclr::Manifest;
 use ndarray::Array2;
 use rand::{Rng, SeedableRng};
@@ -239,6 +248,167 @@ impl Row {
     }
 }
 
+/// One engine row: which scope, input size and parameters.
+#[derive(Debug, Clone)]
+struct ScopeCase {
+    choice: TailChoice,
+    px: usize,
+    params: ParamScope,
+}
+
+impl ScopeCase {
+    fn all() -> Vec<ScopeCase> {
+        let mut cases = Vec::new();
+        for px in [112, 224] {
+            for (choice, params) in [
+                (TailChoice::Auto, ParamScope::All),
+                (TailChoice::Blocks(4), ParamScope::All),
+                (TailChoice::Blocks(4), ParamScope::Biases),
+            ] {
+                cases.push(ScopeCase { choice, px, params });
+            }
+        }
+        cases
+    }
+
+    fn label(&self) -> String {
+        let scope = match &self.choice {
+            TailChoice::Auto => "last 1x1 conv".to_string(),
+            TailChoice::Blocks(k) => format!("last {k} blocks"),
+            TailChoice::Node(n) => n.clone(),
+        };
+        format!("{scope}, {}, {} px", self.params, self.px)
+    }
+
+    fn spec(&self) -> (TailSpec, Params) {
+        let manifest = Manifest::load(&repo("models/mobilenet_v2")).expect("models/mobilenet_v2");
+        let proto = edgeclr::inspect::parse_proto(
+            &manifest.onnx,
+            &std::fs::read(&manifest.onnx).expect("the shipped model"),
+        )
+        .expect("MobileNetV2");
+        TailSpec::from_model(
+            &proto,
+            &manifest.outputs.embedding,
+            &self.choice,
+            &[3, self.px, self.px],
+            self.params,
+        )
+        .expect("MobileNetV2 scope")
+    }
+}
+
+/// Views/s of forward + backward of `case` on `threads` threads.
+fn time_scope(case: &ScopeCase, threads: usize, steps: usize) -> (f64, TailSpec) {
+    let (mut spec, init) = case.spec();
+    spec.threads = threads;
+    let width: usize = spec.cut_shape.iter().product();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let x = Array2::from_shape_fn((BATCH, width), |_| rng.random_range(-1.0f32..1.0));
+    let g = Array2::from_shape_fn((BATCH, spec.out_dim), |_| rng.random_range(-1.0f32..1.0));
+    let step = || {
+        let (_, cache) = tail::forward(&spec, &init, x.view()).expect("forward");
+        tail::backward(&spec, &init, &cache, g.view()).expect("backward");
+    };
+    step();
+    let t = Instant::now();
+    for _ in 0..steps {
+        step();
+    }
+    ((BATCH * steps) as f64 / t.elapsed().as_secs_f64(), spec)
+}
+
+/// The PyTorch peer of one engine row.
+fn torch_scope_peer(
+    case: &ScopeCase,
+    spec: &TailSpec,
+    threads: usize,
+    steps: usize,
+) -> Option<serde_json::Value> {
+    let shape: Vec<String> = spec.cut_shape.iter().map(ToString::to_string).collect();
+    let out = Command::new("python3")
+        .arg(repo("runtime/benches/peer_torch_scope.py"))
+        .args([
+            "--onnx",
+            &repo("models/mobilenet_v2/mobilenet_v2.onnx")
+                .display()
+                .to_string(),
+        ])
+        .args(["--cut", &spec.cut, "--shape", &shape.join(",")])
+        .args([
+            "--threads",
+            &threads.to_string(),
+            "--steps",
+            &steps.to_string(),
+        ])
+        .args(["--params", &case.params.to_string()])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+}
+
+/// This binary again, running only one engine row, for its own peak RSS.
+fn scope_rss(index: usize, threads: usize, steps: usize) -> Option<f64> {
+    let exe = std::env::current_exe().ok()?;
+    let out = Command::new(exe)
+        .args([
+            "--scope-rss",
+            &index.to_string(),
+            &threads.to_string(),
+            &steps.to_string(),
+        ])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("RSS_MB ").and_then(|v| v.parse().ok()))
+}
+
+/// Measures and prints the engine rows; returns them as JSON.
+fn engine_rows(steps: usize, torch: bool) -> serde_json::Value {
+    println!(
+        "\nengine: forward + backward of a MobileNetV2 scope, batch {BATCH} cached cut tensors ({steps} steps)"
+    );
+    println!(
+        "{:<40} {:>7} {:>10} {:>10} {:>8} {:>9} {:>10} {:>7}",
+        "scope", "threads", "edgeclr/s", "torch/s", "ratio", "RSS MB", "torch RSS", "RSS ×"
+    );
+    let mut rows = Vec::new();
+    for (i, case) in ScopeCase::all().iter().enumerate() {
+        for threads in [1, 2] {
+            let (ours, spec) = time_scope(case, threads, steps);
+            let rss = scope_rss(i, threads, steps.min(5));
+            let peer = torch
+                .then(|| torch_scope_peer(case, &spec, threads, steps))
+                .flatten();
+            let theirs = peer.as_ref().and_then(|p| p["views_per_sec"].as_f64());
+            let their_rss = peer.as_ref().and_then(|p| p["peak_rss_mb"].as_f64());
+            let fmt = |v: Option<f64>, p: usize| v.map_or("-".into(), |v| format!("{v:.p$}"));
+            println!(
+                "{:<40} {:>7} {:>10.0} {:>10} {:>8} {:>9} {:>10} {:>7}",
+                case.label(),
+                threads,
+                ours,
+                fmt(theirs, 0),
+                fmt(theirs.map(|t| ours / t), 2),
+                fmt(rss, 0),
+                fmt(their_rss, 0),
+                fmt(rss.zip(their_rss).map(|(a, b)| b / a), 1),
+            );
+            rows.push(serde_json::json!({
+                "scope": case.label(), "threads": threads,
+                "edgeclr_views_per_sec": ours, "edgeclr_peak_rss_mb": rss,
+                "torch": peer, "ratio": theirs.map(|t| ours / t),
+                "activation_mib_per_batch": spec.graph().activation_bytes_per_sample() as f64 * BATCH as f64 / (1 << 20) as f64,
+            }));
+        }
+    }
+    serde_json::Value::Array(rows)
+}
+
 fn main() {
     let tail = std::env::args().any(|a| a == "--tail");
     let mode = if tail { Mode::TailHead } else { Mode::HeadOnly };
@@ -248,7 +418,38 @@ fn main() {
         println!("RSS_MB {}", edgeclr::rss::peak_rss_mib());
         return;
     }
+    if let Some(index) = arg("--scope-rss") {
+        let rest: Vec<usize> = std::env::args()
+            .skip_while(|a| a != "--scope-rss")
+            .skip(1)
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        let cases = ScopeCase::all();
+        let case = &cases[index.parse::<usize>().unwrap_or(0).min(cases.len() - 1)];
+        time_scope(
+            case,
+            rest.get(1).copied().unwrap_or(1),
+            rest.get(2).copied().unwrap_or(3),
+        );
+        println!("RSS_MB {}", edgeclr::rss::peak_rss_mib());
+        return;
+    }
     let steps: usize = arg("--steps").and_then(|s| s.parse().ok()).unwrap_or(50);
+    if std::env::args().any(|a| a == "--engine-only") {
+        let torch = Command::new("python3")
+            .args(["-c", "import torch"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        let rows = engine_rows(steps.min(20), torch);
+        let path = repo("target/bench-adapt-engine.json");
+        if let Err(e) = std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&rows).unwrap_or_default(),
+        ) {
+            eprintln!("writing {}: {e}", path.display());
+        }
+        return;
+    }
     let head = Row::measure(Mode::HeadOnly, steps);
     let tail = Row::measure(Mode::TailHead, steps);
 
@@ -263,11 +464,14 @@ fn main() {
     );
     head.print();
     tail.print();
+    let torch = head.torch1().is_some();
+    let engine = engine_rows(steps.min(20), torch);
 
     let json = serde_json::json!({
         "batch": BATCH, "dim": DIM, "bank": BANK, "steps": steps,
         "head_only": head.json(),
         "tail_head": tail.json(),
+        "engine": engine,
     });
     let path = repo("target/bench-adapt.json");
     let written = std::fs::create_dir_all(repo("target")).and_then(|()| {

@@ -9,12 +9,13 @@
 
 use ndarray::ArrayView2;
 
+use super::ops::elementwise::add_into;
 use super::ops::{Op, ParamKind, Saved, Tensor};
 use super::NnError;
 
 /// Rows per work item. Small enough that two threads share a batch of 32,
 /// large enough that per-chunk overhead is noise next to the GEMMs.
-pub const CHUNK: usize = 8;
+pub const CHUNK: usize = 16;
 
 /// One trainable tensor: its ONNX initialiser name, shape and kind.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +101,12 @@ impl Graph {
             )));
         }
         for (p, spec) in params.iter().zip(&self.params) {
+            if !p.is_standard_layout() {
+                return Err(NnError::Graph(format!(
+                    "parameter '{}' is not in standard (row-major) layout",
+                    spec.name
+                )));
+            }
             if p.shape() != spec.shape.as_slice() {
                 return Err(NnError::Graph(format!(
                     "parameter '{}' has shape {:?}, the graph needs {:?}",
@@ -170,6 +177,18 @@ impl Graph {
                 why: format!("the upstream gradient must have the output's shape {out:?}"),
             });
         }
+        let dy = if dy.is_standard_layout() {
+            dy
+        } else {
+            dy.as_standard_layout().into_owned()
+        };
+        if trainable.len() != self.params.len() {
+            return Err(NnError::Graph(format!(
+                "{} trainable flags for {} parameters",
+                trainable.len(),
+                self.params.len()
+            )));
+        }
         let needs = self.needs_grad(trainable);
         let mut grads: Vec<Option<Tensor>> = vec![None; self.nodes.len() + 1];
         let last = self.nodes.len();
@@ -198,7 +217,7 @@ impl Graph {
                 params: &p,
                 output: &tape.values[i + 1],
             };
-            let dx = node.op.backward(&saved, &g, &want, &mut slots);
+            let dx = node.op.backward(&saved, g, &want, &mut slots);
             for (&k, slot) in node.params.iter().zip(slots) {
                 if slot.is_some() {
                     pgrads[k] = slot;
@@ -207,7 +226,7 @@ impl Graph {
             for (&v, d) in node.inputs.iter().zip(dx) {
                 let Some(d) = d else { continue };
                 match grads[v].as_mut() {
-                    Some(acc) => *acc += &d,
+                    Some(acc) => add_into(acc, &d),
                     None => grads[v] = Some(d),
                 }
             }
@@ -243,7 +262,8 @@ impl Graph {
             shape.extend(&self.input_shape);
             let chunk = x
                 .slice(ndarray::s![lo..hi, ..])
-                .to_owned()
+                .as_standard_layout()
+                .into_owned()
                 .into_shape_with_order(shape)
                 .map_err(|e| NnError::Input {
                     got: vec![hi - lo, width],
@@ -290,7 +310,8 @@ impl Graph {
             shape.extend(&self.output_shape);
             let g = dy
                 .slice(ndarray::s![lo..lo + rows, ..])
-                .to_owned()
+                .as_standard_layout()
+                .into_owned()
                 .into_shape_with_order(shape)
                 .map_err(|e| NnError::Graph(e.to_string()))?;
             self.backward(params, &tape.chunks[c], g.into_dyn(), trainable)
@@ -303,7 +324,7 @@ impl Graph {
                 Some(t) => {
                     for (acc, g) in t.iter_mut().zip(g) {
                         if let (Some(a), Some(g)) = (acc.as_mut(), g) {
-                            *a += &g;
+                            add_into(a, &g);
                         }
                     }
                 }

@@ -468,7 +468,7 @@ pub fn run(mut args: Args) -> Result<()> {
     if train_tail.is_none() && args.train_params != ParamScope::All {
         bail!("--train-params {} needs layers to train (--train-blocks, --train-from or --train-tail)", args.train_params);
     }
-    let tail = match &train_tail {
+    let mut tail = match &train_tail {
         Some(choice) => {
             let (spec, init) = load_tail(&manifest, choice, args.train_params)
                 .with_context(|| format!("finding the tail layers of {}", manifest.name))?;
@@ -500,6 +500,11 @@ pub fn run(mut args: Args) -> Result<()> {
         (args.bank_size, args.batch_size) = (plan.bank, plan.batch);
         precision = plan.precision;
         args.model.threads = plan.threads;
+    }
+    // The trained layers' forward/backward splits each batch over as many
+    // threads as the backend uses (results do not depend on the count).
+    if let Some((spec, _, _)) = tail.as_mut() {
+        spec.threads = args.model.threads;
     }
     let objective: edgeclr::adapt::loss::Objective = args.loss.parse()?;
     let labels = if let Some(set) = &labelled {

@@ -206,27 +206,16 @@ impl Op for Conv {
         let ys = y.as_slice_mut().expect("standard layout");
         match self.kernel_kind(c, o) {
             Kernel::Pointwise => {
-                let s = h * w;
+                // One GEMM for the whole batch on channel-major [C, N·S]:
+                // per-image products have only S columns (16 at 112 px),
+                // too few for the GEMM to amortise packing W.
                 let wm = ArrayView2::from_shape((o, c), wt).expect("weight [O, C, 1, 1]");
-                for b in 0..n {
-                    let xb = ArrayView2::from_shape((c, s), &xs[b * c * s..(b + 1) * c * s])
-                        .expect("image [C, S]");
-                    let mut yb =
-                        ArrayViewMut2::from_shape((o, s), &mut ys[b * o * s..(b + 1) * o * s])
-                            .expect("image [O, S]");
-                    general_mat_mul(1.0, &wm, &xb, 0.0, &mut yb);
-                }
+                let xc = channel_major(xs, n, c, h * w);
+                let yc = wm.dot(&xc);
+                from_channel_major(&yc, n, o, h * w, ys);
             }
             Kernel::Depthwise => {
-                for b in 0..n {
-                    for ch in 0..c {
-                        let plane = &xs[(b * c + ch) * h * w..(b * c + ch + 1) * h * w];
-                        let out = &mut ys[(b * c + ch) * ho * wo..(b * c + ch + 1) * ho * wo];
-                        let k = &wt[ch * self.kernel[0] * self.kernel[1]
-                            ..(ch + 1) * self.kernel[0] * self.kernel[1]];
-                        self.depthwise_plane(plane, (h, w), k, out, (ho, wo));
-                    }
-                }
+                self.depthwise_forward(xs, (n, c, h, w), wt, ys, (ho, wo));
             }
             Kernel::General => {
                 let g = self.group;
@@ -267,7 +256,7 @@ impl Op for Conv {
     fn backward(
         &self,
         saved: &Saved,
-        dy: &Tensor,
+        dy: Tensor,
         want_input: &[bool],
         param_grads: &mut [Option<Tensor>],
     ) -> Vec<Option<Tensor>> {
@@ -292,50 +281,32 @@ impl Op for Conv {
             Kernel::Pointwise => {
                 let s = h * w;
                 let wm = ArrayView2::from_shape((o, c), wt).expect("weight [O, C, 1, 1]");
-                for b in 0..n {
-                    let xb = ArrayView2::from_shape((c, s), &xs[b * c * s..(b + 1) * c * s])
-                        .expect("[C, S]");
-                    let dyb = ArrayView2::from_shape((o, s), &dys[b * o * s..(b + 1) * o * s])
-                        .expect("[O, S]");
-                    if let Some(dw) = dw.as_deref_mut() {
-                        let mut dwm = dw
-                            .view_mut()
-                            .into_shape_with_order((o, c))
-                            .expect("weight [O, C, 1, 1]");
-                        general_mat_mul(1.0, &dyb, &xb.t(), 1.0, &mut dwm);
-                    }
-                    if let Some(dx) = dx.as_mut() {
-                        let dxs = dx.as_slice_mut().expect("standard layout");
-                        let mut dxb =
-                            ArrayViewMut2::from_shape((c, s), &mut dxs[b * c * s..(b + 1) * c * s])
-                                .expect("[C, S]");
-                        general_mat_mul(1.0, &wm.t(), &dyb, 0.0, &mut dxb);
-                    }
+                let gc = channel_major(dys, n, o, s);
+                if let Some(dw) = dw.as_deref_mut() {
+                    let xc = channel_major(xs, n, c, s);
+                    let mut dwm = dw
+                        .view_mut()
+                        .into_shape_with_order((o, c))
+                        .expect("weight [O, C, 1, 1]");
+                    general_mat_mul(1.0, &gc, &xc.t(), 1.0, &mut dwm);
+                }
+                if let Some(dx) = dx.as_mut() {
+                    let dxc = wm.t().dot(&gc);
+                    from_channel_major(&dxc, n, c, s, dx.as_slice_mut().expect("standard layout"));
                 }
             }
             Kernel::Depthwise => {
-                let kk = self.kernel[0] * self.kernel[1];
-                let mut dwv = dw
-                    .as_deref_mut()
-                    .map(|t| t.as_slice_mut().expect("standard layout"));
-                let mut dxv = dx
-                    .as_mut()
-                    .map(|t| t.as_slice_mut().expect("standard layout"));
-                for b in 0..n {
-                    for ch in 0..c {
-                        let p = (b * c + ch) * h * w;
-                        let q = (b * c + ch) * ho * wo;
-                        self.depthwise_plane_backward(
-                            &xs[p..p + h * w],
-                            (h, w),
-                            &wt[ch * kk..(ch + 1) * kk],
-                            &dys[q..q + ho * wo],
-                            (ho, wo),
-                            dwv.as_deref_mut().map(|d| &mut d[ch * kk..(ch + 1) * kk]),
-                            dxv.as_deref_mut().map(|d| &mut d[p..p + h * w]),
-                        );
-                    }
-                }
+                self.depthwise_backward(
+                    xs,
+                    (n, c, h, w),
+                    wt,
+                    dys,
+                    (ho, wo),
+                    dw.as_deref_mut()
+                        .map(|t| t.as_slice_mut().expect("standard layout")),
+                    dx.as_mut()
+                        .map(|t| t.as_slice_mut().expect("standard layout")),
+                );
             }
             Kernel::General => {
                 let g = self.group;
@@ -390,81 +361,136 @@ impl Op for Conv {
 }
 
 impl Conv {
-    /// One output plane of a depthwise conv: `out += Σ_k w_k · shifted(plane)`.
-    fn depthwise_plane(
+    /// The input rows and columns one kernel tap reads for output
+    /// position `o`, or `None` in the padding.
+    fn tap(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
+        (o * stride + k).checked_sub(pad).filter(|&i| i < size)
+    }
+
+    /// Depthwise forward, channel-last: per image the planes are turned to
+    /// `[H, W, C]` so that the innermost loop runs over the channels
+    /// (hundreds, contiguous) whatever the plane size (4×4 at 112 px, where
+    /// per-plane loops would be all overhead).
+    fn depthwise_forward(
         &self,
-        plane: &[f32],
-        (h, w): (usize, usize),
-        k: &[f32],
-        out: &mut [f32],
+        xs: &[f32],
+        (n, c, h, w): (usize, usize, usize, usize),
+        wt: &[f32],
+        ys: &mut [f32],
         (ho, wo): (usize, usize),
     ) {
         let [kh, kw] = self.kernel;
-        let [sh, sw] = self.strides;
-        let (pt, pl) = (self.pads[0], self.pads[1]);
-        for ky in 0..kh {
-            let (oy0, oy1) = Self::valid_range(ho, h, ky, pt, sh);
-            for kx in 0..kw {
-                let wv = k[ky * kw + kx];
-                let (ox0, ox1) = Self::valid_range(wo, w, kx, pl, sw);
-                for oy in oy0..oy1 {
-                    let iy = oy * sh + ky - pt;
-                    let row = &plane[iy * w..(iy + 1) * w];
-                    let orow = &mut out[oy * wo..(oy + 1) * wo];
-                    if sw == 1 {
-                        let ix0 = ox0 + kx - pl;
-                        for (o, &v) in orow[ox0..ox1].iter_mut().zip(&row[ix0..ix0 + (ox1 - ox0)]) {
-                            *o += wv * v;
-                        }
-                    } else {
-                        for ox in ox0..ox1 {
-                            orow[ox] += wv * row[ox * sw + kx - pl];
+        let kk = kh * kw;
+        let wl = to_channel_last(wt, c, kk);
+        let mut xl = vec![0.0f32; h * w * c];
+        let mut yl = vec![0.0f32; ho * wo * c];
+        for b in 0..n {
+            transpose_into(&xs[b * c * h * w..(b + 1) * c * h * w], c, h * w, &mut xl);
+            yl.fill(0.0);
+            for oy in 0..ho {
+                for ky in 0..kh {
+                    let Some(iy) = Self::tap(oy, ky, self.strides[0], self.pads[0], h) else {
+                        continue;
+                    };
+                    for ox in 0..wo {
+                        let out = &mut yl[(oy * wo + ox) * c..(oy * wo + ox + 1) * c];
+                        for kx in 0..kw {
+                            let Some(ix) = Self::tap(ox, kx, self.strides[1], self.pads[1], w)
+                            else {
+                                continue;
+                            };
+                            let xr = &xl[(iy * w + ix) * c..(iy * w + ix + 1) * c];
+                            let wr = &wl[(ky * kw + kx) * c..(ky * kw + kx + 1) * c];
+                            for ((o, &xv), &wv) in out.iter_mut().zip(xr).zip(wr) {
+                                *o += xv * wv;
+                            }
                         }
                     }
                 }
             }
+            transpose_into(
+                &yl,
+                ho * wo,
+                c,
+                &mut ys[b * c * ho * wo..(b + 1) * c * ho * wo],
+            );
         }
     }
 
-    /// Gradients of one depthwise plane: its filter and (if asked) its input.
+    /// Depthwise backward, channel-last as the forward: filter gradients
+    /// added into `dw`, input gradients written into `dx`.
     #[allow(clippy::too_many_arguments)]
-    fn depthwise_plane_backward(
+    fn depthwise_backward(
         &self,
-        plane: &[f32],
-        (h, w): (usize, usize),
-        k: &[f32],
-        dy: &[f32],
+        xs: &[f32],
+        (n, c, h, w): (usize, usize, usize, usize),
+        wt: &[f32],
+        dys: &[f32],
         (ho, wo): (usize, usize),
-        mut dk: Option<&mut [f32]>,
-        mut dx: Option<&mut [f32]>,
+        dw: Option<&mut [f32]>,
+        dx: Option<&mut [f32]>,
     ) {
         let [kh, kw] = self.kernel;
-        let [sh, sw] = self.strides;
-        let (pt, pl) = (self.pads[0], self.pads[1]);
-        for ky in 0..kh {
-            let (oy0, oy1) = Self::valid_range(ho, h, ky, pt, sh);
-            for kx in 0..kw {
-                let wv = k[ky * kw + kx];
-                let (ox0, ox1) = Self::valid_range(wo, w, kx, pl, sw);
-                let mut acc = 0.0f32;
-                for oy in oy0..oy1 {
-                    let iy = oy * sh + ky - pt;
-                    let drow = &dy[oy * wo..(oy + 1) * wo];
-                    if dk.is_some() {
-                        let row = &plane[iy * w..(iy + 1) * w];
-                        for ox in ox0..ox1 {
-                            acc += drow[ox] * row[ox * sw + kx - pl];
-                        }
-                    }
-                    if let Some(dx) = dx.as_deref_mut() {
-                        let xrow = &mut dx[iy * w..(iy + 1) * w];
-                        for ox in ox0..ox1 {
-                            xrow[ox * sw + kx - pl] += wv * drow[ox];
+        let kk = kh * kw;
+        let wl = to_channel_last(wt, c, kk);
+        let mut dwl = dw.as_ref().map(|_| vec![0.0f32; kk * c]);
+        let mut dx = dx;
+        let mut xl = vec![0.0f32; h * w * c];
+        let mut gl = vec![0.0f32; ho * wo * c];
+        let mut dxl = dx.as_ref().map(|_| vec![0.0f32; h * w * c]);
+        for b in 0..n {
+            if dwl.is_some() {
+                transpose_into(&xs[b * c * h * w..(b + 1) * c * h * w], c, h * w, &mut xl);
+            }
+            transpose_into(
+                &dys[b * c * ho * wo..(b + 1) * c * ho * wo],
+                c,
+                ho * wo,
+                &mut gl,
+            );
+            if let Some(d) = dxl.as_mut() {
+                d.fill(0.0);
+            }
+            for oy in 0..ho {
+                for ky in 0..kh {
+                    let Some(iy) = Self::tap(oy, ky, self.strides[0], self.pads[0], h) else {
+                        continue;
+                    };
+                    for ox in 0..wo {
+                        let g = &gl[(oy * wo + ox) * c..(oy * wo + ox + 1) * c];
+                        for kx in 0..kw {
+                            let Some(ix) = Self::tap(ox, kx, self.strides[1], self.pads[1], w)
+                            else {
+                                continue;
+                            };
+                            let t = ky * kw + kx;
+                            let at = (iy * w + ix) * c;
+                            if let Some(dwl) = dwl.as_mut() {
+                                let xr = &xl[at..at + c];
+                                for ((d, &gv), &xv) in
+                                    dwl[t * c..(t + 1) * c].iter_mut().zip(g).zip(xr)
+                                {
+                                    *d += gv * xv;
+                                }
+                            }
+                            if let Some(dxl) = dxl.as_mut() {
+                                let wr = &wl[t * c..(t + 1) * c];
+                                for ((d, &gv), &wv) in dxl[at..at + c].iter_mut().zip(g).zip(wr) {
+                                    *d += gv * wv;
+                                }
+                            }
                         }
                     }
                 }
-                if let Some(dk) = dk.as_deref_mut() {
-                    dk[ky * kw + kx] += acc;
+            }
+            if let (Some(dxl), Some(dx)) = (dxl.as_ref(), dx.as_deref_mut()) {
+                transpose_into(dxl, h * w, c, &mut dx[b * c * h * w..(b + 1) * c * h * w]);
+            }
+        }
+        if let (Some(dwl), Some(dw)) = (dwl, dw) {
+            for ch in 0..c {
+                for t in 0..kk {
+                    dw[ch * kk + t] += dwl[t * c + ch];
                 }
             }
         }
@@ -528,6 +554,46 @@ impl Conv {
                     }
                 }
             }
+        }
+    }
+}
+
+/// `[N, C, S]` rows as one channel-major `[C, N·S]` matrix.
+fn channel_major(x: &[f32], n: usize, c: usize, s: usize) -> Array2<f32> {
+    let mut out = Array2::<f32>::zeros((c, n * s));
+    let dst = out.as_slice_mut().expect("fresh array");
+    for b in 0..n {
+        for ch in 0..c {
+            dst[ch * n * s + b * s..ch * n * s + (b + 1) * s]
+                .copy_from_slice(&x[(b * c + ch) * s..(b * c + ch + 1) * s]);
+        }
+    }
+    out
+}
+
+/// The inverse of [`channel_major`], written into `out` (`[N, C, S]`).
+fn from_channel_major(x: &Array2<f32>, n: usize, c: usize, s: usize, out: &mut [f32]) {
+    let src = x.as_slice().expect("fresh array");
+    for b in 0..n {
+        for ch in 0..c {
+            out[(b * c + ch) * s..(b * c + ch + 1) * s]
+                .copy_from_slice(&src[ch * n * s + b * s..ch * n * s + (b + 1) * s]);
+        }
+    }
+}
+
+/// `[C, K]` filters as `[K, C]`.
+fn to_channel_last(wt: &[f32], c: usize, kk: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; c * kk];
+    transpose_into(wt, c, kk, &mut out);
+    out
+}
+
+/// `src` as a `[rows, cols]` matrix, transposed into `dst` (`[cols, rows]`).
+fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    for r in 0..rows {
+        for (k, &v) in src[r * cols..(r + 1) * cols].iter().enumerate() {
+            dst[k * rows + r] = v;
         }
     }
 }

@@ -2,8 +2,6 @@
 //! the residual connection), `Mul` by a per-channel constant, and the
 //! clamps (`Relu`, `Clip`).
 
-use ndarray::Zip;
-
 use super::{
     as_ncs, attr_f, channels, unsupported, Constants, Op, ParamKind, Parsed, Saved, Tensor,
 };
@@ -190,14 +188,14 @@ impl Op for AddBias {
     fn backward(
         &self,
         _: &Saved,
-        dy: &Tensor,
+        dy: Tensor,
         want: &[bool],
         grads: &mut [Option<Tensor>],
     ) -> Vec<Option<Tensor>> {
         if let Some(db) = grads[0].as_mut() {
-            reduce_per_channel(dy, None, db);
+            reduce_per_channel(&dy, None, db);
         }
-        vec![want[0].then(|| dy.clone())]
+        vec![want[0].then_some(dy)]
     }
 
     fn param_kinds(&self) -> Vec<ParamKind> {
@@ -217,17 +215,23 @@ impl Op for AddData {
     }
 
     fn forward(&self, inputs: &[&Tensor], _: &[&Tensor]) -> Tensor {
-        inputs[0] + inputs[1]
+        let mut y = inputs[0].clone();
+        add_into(&mut y, inputs[1]);
+        y
     }
 
     fn backward(
         &self,
         _: &Saved,
-        dy: &Tensor,
+        dy: Tensor,
         want: &[bool],
         _: &mut [Option<Tensor>],
     ) -> Vec<Option<Tensor>> {
-        want.iter().map(|&w| w.then(|| dy.clone())).collect()
+        match want {
+            [true, true] => vec![Some(dy.clone()), Some(dy)],
+            [a, b] => vec![a.then_some(dy.clone()), b.then_some(dy)],
+            _ => want.iter().map(|&w| w.then(|| dy.clone())).collect(),
+        }
     }
 
     fn param_kinds(&self) -> Vec<ParamKind> {
@@ -248,14 +252,14 @@ impl Op for MulScale {
     fn backward(
         &self,
         saved: &Saved,
-        dy: &Tensor,
+        dy: Tensor,
         want: &[bool],
         grads: &mut [Option<Tensor>],
     ) -> Vec<Option<Tensor>> {
         if let Some(ds) = grads[0].as_mut() {
-            reduce_per_channel(dy, Some(saved.inputs[0]), ds);
+            reduce_per_channel(&dy, Some(saved.inputs[0]), ds);
         }
-        vec![want[0].then(|| per_channel_map(dy, saved.params[0], |g, s| g * s))]
+        vec![want[0].then(|| per_channel_map(&dy, saved.params[0], |g, s| g * s))]
     }
 
     fn param_kinds(&self) -> Vec<ParamKind> {
@@ -275,17 +279,18 @@ impl Op for Clamp {
     fn backward(
         &self,
         saved: &Saved,
-        dy: &Tensor,
+        dy: Tensor,
         want: &[bool],
         _: &mut [Option<Tensor>],
     ) -> Vec<Option<Tensor>> {
         let dx = want[0].then(|| {
-            let mut d = dy.clone();
-            Zip::from(&mut d).and(saved.inputs[0]).for_each(|d, &v| {
-                if !(v > self.min && v < self.max) {
-                    *d = 0.0;
-                }
-            });
+            let mut d = dy;
+            let x = saved.inputs[0].as_slice().expect("standard layout");
+            // A select, not a branch, so that the loop vectorises.
+            for (d, &v) in d.as_slice_mut().expect("standard layout").iter_mut().zip(x) {
+                let pass = v > self.min && v < self.max;
+                *d = if pass { *d } else { 0.0 };
+            }
             d
         });
         vec![dx]
@@ -293,5 +298,19 @@ impl Op for Clamp {
 
     fn param_kinds(&self) -> Vec<ParamKind> {
         vec![]
+    }
+}
+
+/// `acc += x` for two tensors of one shape, both in standard layout (a
+/// plain slice loop: ndarray's dynamic-rank `+=` walks indices).
+pub fn add_into(acc: &mut Tensor, x: &Tensor) {
+    let xs = x.as_slice().expect("standard layout");
+    for (a, &v) in acc
+        .as_slice_mut()
+        .expect("standard layout")
+        .iter_mut()
+        .zip(xs)
+    {
+        *a += v;
     }
 }

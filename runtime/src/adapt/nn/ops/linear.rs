@@ -108,7 +108,7 @@ impl Op for Linear {
     fn backward(
         &self,
         saved: &Saved,
-        dy: &Tensor,
+        dy: Tensor,
         want_input: &[bool],
         param_grads: &mut [Option<Tensor>],
     ) -> Vec<Option<Tensor>> {

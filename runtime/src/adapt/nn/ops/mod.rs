@@ -14,7 +14,8 @@
 //! | `Flatten` (axis 1), `Reshape` that keeps the batch | [`shape::Reshape`] | — |
 //!
 //! Each op's forward is checked against tract and its backward against
-//! central finite differences in `runtime/tests/nn.rs`.
+//! central finite differences in `runtime/tests/nn_ops.rs` (and the whole scope against PyTorch
+//! autograd in `runtime/tests/nn_torch.rs`).
 
 pub mod conv;
 pub mod elementwise;
@@ -68,13 +69,14 @@ pub trait Op: std::fmt::Debug + Send + Sync {
     /// The output for these data inputs and parameters.
     fn forward(&self, inputs: &[&Tensor], params: &[&Tensor]) -> Tensor;
 
-    /// Gradients for upstream gradient `dy`: returns one entry per data
+    /// Gradients for upstream gradient `dy` (owned, so that pointwise ops
+    /// reuse its buffer): returns one entry per data
     /// input (`None` where `want_input` is false) and *adds* each trainable
     /// parameter's gradient into `param_grads` (`None`: frozen, skip it).
     fn backward(
         &self,
         saved: &Saved,
-        dy: &Tensor,
+        dy: Tensor,
         want_input: &[bool],
         param_grads: &mut [Option<Tensor>],
     ) -> Vec<Option<Tensor>>;

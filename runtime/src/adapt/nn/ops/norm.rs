@@ -92,12 +92,12 @@ impl Op for BatchNorm {
     fn backward(
         &self,
         saved: &Saved,
-        dy: &Tensor,
+        dy: Tensor,
         want: &[bool],
         grads: &mut [Option<Tensor>],
     ) -> Vec<Option<Tensor>> {
         let x = as_ncs(saved.inputs[0]);
-        let g = as_ncs(dy);
+        let g = as_ncs(&dy);
         let (n, c, _) = g.dim();
         let gamma = saved.params[0].as_slice().expect("standard layout");
         if grads[0].is_some() || grads[1].is_some() {
@@ -125,7 +125,7 @@ impl Op for BatchNorm {
         }
         let dx = want[0].then(|| {
             let s: usize = dy.shape()[2..].iter().product();
-            let mut d = dy.clone();
+            let mut d = dy;
             for (i, lane) in d
                 .as_slice_mut()
                 .expect("standard layout")

@@ -74,7 +74,7 @@ impl Op for GlobalMean {
     fn backward(
         &self,
         saved: &Saved,
-        dy: &Tensor,
+        dy: Tensor,
         want: &[bool],
         _: &mut [Option<Tensor>],
     ) -> Vec<Option<Tensor>> {

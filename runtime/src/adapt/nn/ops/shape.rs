@@ -107,13 +107,12 @@ impl Op for Reshape {
     fn backward(
         &self,
         saved: &Saved,
-        dy: &Tensor,
+        dy: Tensor,
         want: &[bool],
         _: &mut [Option<Tensor>],
     ) -> Vec<Option<Tensor>> {
         vec![want[0].then(|| {
-            dy.clone()
-                .into_shape_with_order(saved.inputs[0].shape())
+            dy.into_shape_with_order(saved.inputs[0].shape())
                 .expect("standard layout")
         })]
     }
