@@ -578,3 +578,61 @@ fn anchor_pulls_the_adapter_toward_its_source_weights() {
     };
     assert!(Trainer::new(bad, 6, 2).is_err());
 }
+
+/// The backward keeps only what it reads (conv inputs for weight
+/// gradients, clamp outputs for their masks): same gradients as with every
+/// value kept, and biases-only keeps far less.
+#[test]
+fn dropped_activations_change_no_gradient() {
+    let manifest = Manifest::load(&repo("models/mobilenet_v2")).unwrap();
+    let proto = parse_proto(&manifest.onnx, &std::fs::read(&manifest.onnx).unwrap()).unwrap();
+    let mut kept = Vec::new();
+    for scope in [ParamScope::All, ParamScope::Biases] {
+        let (spec, init) = TailSpec::from_model(
+            &proto,
+            "embedding",
+            &TailChoice::Blocks(4),
+            &[3, 112, 112],
+            scope,
+        )
+        .unwrap();
+        let width: usize = spec.cut_shape.iter().product();
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let x = Array2::from_shape_fn((5, width), |_| rng.random_range(-1.0f32..1.0));
+        let g = Array2::from_shape_fn((5, spec.out_dim), |_| rng.random_range(-1.0f32..1.0));
+        let (y, cache) = tail::forward(&spec, &init, x.view()).unwrap();
+        let grads = tail::backward(&spec, &init, &cache, g.view()).unwrap();
+        // Reference: the engine keeping every value.
+        let graph = spec.graph();
+        let refs: Vec<_> = graph
+            .params()
+            .iter()
+            .map(|p| init.get(&format!("tail.{}", p.name)).unwrap())
+            .collect();
+        let trainable: Vec<bool> = graph
+            .params()
+            .iter()
+            .map(|p| spec.param_names().contains(&format!("tail.{}", p.name)))
+            .collect();
+        let (y_all, tape) = graph.forward_rows(&refs, x.view(), 1).unwrap();
+        assert_eq!(y, y_all);
+        let all = graph
+            .backward_rows(&refs, &tape, g.view(), &trainable, 1)
+            .unwrap();
+        assert_eq!(grads.len(), spec.param_names().len());
+        for (p, want) in graph.params().iter().zip(&all) {
+            let got = grads.get(&format!("tail.{}", p.name)).ok();
+            assert_eq!(got, want.as_ref(), "{}", p.name);
+        }
+        assert!(
+            cache.bytes() < tape.bytes(),
+            "{scope}: {} vs {}",
+            cache.bytes(),
+            tape.bytes()
+        );
+        let (keeps, total) = spec.activation_bytes_per_sample();
+        assert!(keeps < total);
+        kept.push(keeps);
+    }
+    assert!(kept[1] * 2 < kept[0], "biases-only keeps {kept:?}");
+}

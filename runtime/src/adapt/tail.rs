@@ -171,6 +171,8 @@ pub struct TailSpec {
     /// `tail.<initialiser>` of every engine parameter, by id.
     keys: Vec<String>,
     trainable: Vec<bool>,
+    /// Which engine values the backward reads (the rest are dropped).
+    keep: nn::graph::KeepPlan,
 }
 
 /// The cut tensor for `choice` on the way to `embedding`.
@@ -324,7 +326,9 @@ impl TailSpec {
         for (key, value) in keys.iter().zip(imported.init) {
             init.insert(key.clone(), value);
         }
+        let keep = g.keep_plan(&trainable);
         let spec = TailSpec {
+            keep,
             channels: cut_shape.first().copied().unwrap_or(0),
             cut,
             cut_shape,
@@ -349,6 +353,15 @@ impl TailSpec {
             .filter(|(_, &t)| t)
             .map(|(k, _)| k.clone())
             .collect()
+    }
+
+    /// Bytes of activations per sample the backward keeps, and what it
+    /// would keep if every value stayed on the tape.
+    pub fn activation_bytes_per_sample(&self) -> (usize, usize) {
+        (
+            self.graph.kept_bytes_per_sample(&self.trainable),
+            self.graph.activation_bytes_per_sample(),
+        )
     }
 
     /// The engine graph the tail runs on.
@@ -409,7 +422,9 @@ pub fn forward(
     x: ArrayView2<f32>,
 ) -> Result<(Array2<f32>, TailCache)> {
     let params = spec.bind(p)?;
-    let (y, tape) = spec.graph.forward_rows(&params, x, spec.threads)?;
+    let (y, tape) = spec
+        .graph
+        .forward_rows_keeping(&params, x, spec.threads, Some(&spec.keep))?;
     Ok((y, TailCache { tape }))
 }
 

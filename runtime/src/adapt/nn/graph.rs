@@ -50,10 +50,23 @@ pub struct Graph {
     pub(crate) value_shapes: Vec<Vec<usize>>,
 }
 
-/// Every value of one forward pass (what the backward reads).
+/// The values of one forward pass that the backward reads (the others are
+/// empty tensors), and every value's shape.
 #[derive(Debug, Clone)]
 pub struct Tape {
     values: Vec<Tensor>,
+    shapes: Vec<Vec<usize>>,
+    /// Inside-the-bounds masks of values kept only as masks.
+    masks: Vec<Option<Vec<bool>>>,
+}
+
+/// What a training forward keeps for its backward: [`Graph::keep_plan`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeepPlan {
+    /// Values kept in full, by id.
+    pub values: Vec<bool>,
+    /// Values kept only as an inside-the-bounds mask.
+    pub masks: Vec<Option<(f32, f32)>>,
 }
 
 /// The values of a batched forward, one tape per chunk.
@@ -119,8 +132,89 @@ impl Graph {
         Ok(())
     }
 
-    /// Forward pass of one batch `x` (`[N, ...input_shape]`).
+    /// Forward pass of one batch `x` (`[N, ...input_shape]`), keeping every
+    /// value on the tape.
     pub fn forward(&self, params: &[&Tensor], x: Tensor) -> Result<(Tensor, Tape), NnError> {
+        self.forward_keeping(params, x, None)
+    }
+
+    /// Which values the backward reads when the parameters flagged in
+    /// `trainable` train ([`super::ops::Op::keeps`]).
+    pub fn kept_values(&self, trainable: &[bool]) -> Vec<bool> {
+        let mut keep = vec![false; self.nodes.len() + 1];
+        for (i, node) in self.nodes.iter().enumerate() {
+            let own: Vec<bool> = node
+                .params
+                .iter()
+                .map(|&p| trainable.get(p).copied().unwrap_or(true))
+                .collect();
+            let k = node.op.keeps(&own);
+            for (&v, &needed) in node.inputs.iter().zip(&k.inputs) {
+                keep[v] |= needed;
+            }
+            keep[i + 1] |= k.output;
+        }
+        keep
+    }
+
+    /// The bounds of values the backward reads only as a mask (and not in
+    /// full), by value id.
+    pub fn masked_values(&self, trainable: &[bool]) -> Vec<Option<(f32, f32)>> {
+        let keep = self.kept_values(trainable);
+        let mut masks = vec![None; self.nodes.len() + 1];
+        for (i, node) in self.nodes.iter().enumerate() {
+            let own: Vec<bool> = node
+                .params
+                .iter()
+                .map(|&p| trainable.get(p).copied().unwrap_or(true))
+                .collect();
+            if let Some(bounds) = node.op.keeps(&own).output_mask {
+                if !keep[i + 1] {
+                    masks[i + 1] = Some(bounds);
+                }
+            }
+        }
+        masks
+    }
+
+    /// What the backward needs when the parameters flagged in `trainable`
+    /// train, for [`Graph::forward_keeping`].
+    pub fn keep_plan(&self, trainable: &[bool]) -> KeepPlan {
+        KeepPlan {
+            values: self.kept_values(trainable),
+            masks: self.masked_values(trainable),
+        }
+    }
+
+    /// Bytes per sample of the values the backward keeps for `trainable`
+    /// (all values: [`Graph::activation_bytes_per_sample`]).
+    pub fn kept_bytes_per_sample(&self, trainable: &[bool]) -> usize {
+        let masks = self.masked_values(trainable);
+        self.kept_values(trainable)
+            .iter()
+            .zip(&masks)
+            .zip(&self.value_shapes)
+            .map(|((&k, m), s)| {
+                let n = s.iter().product::<usize>();
+                if k {
+                    n * 4
+                } else if m.is_some() {
+                    n
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+
+    /// [`Graph::forward`] that drops, as soon as its last consumer has
+    /// run, every value not flagged in `keep` (`None`: keep all).
+    pub fn forward_keeping(
+        &self,
+        params: &[&Tensor],
+        x: Tensor,
+        keep: Option<&KeepPlan>,
+    ) -> Result<(Tensor, Tape), NnError> {
         self.check_params(params)?;
         if x.shape().get(1..) != Some(self.input_shape.as_slice()) {
             return Err(NnError::Input {
@@ -133,16 +227,50 @@ impl Graph {
         } else {
             x.as_standard_layout().into_owned()
         };
-        let mut values = Vec::with_capacity(self.nodes.len() + 1);
-        values.push(x);
+        let mut uses = vec![0usize; self.nodes.len() + 1];
         for node in &self.nodes {
+            for &v in &node.inputs {
+                uses[v] += 1;
+            }
+        }
+        let last = self.nodes.len();
+        let mut shapes = Vec::with_capacity(self.nodes.len() + 1);
+        shapes.push(x.shape().to_vec());
+        let mut values = Vec::with_capacity(self.nodes.len() + 1);
+        let mut masks: Vec<Option<Vec<bool>>> = vec![None; self.nodes.len() + 1];
+        values.push(x);
+        for (i, node) in self.nodes.iter().enumerate() {
             let inputs: Vec<&Tensor> = node.inputs.iter().map(|&v| &values[v]).collect();
             let p: Vec<&Tensor> = node.params.iter().map(|&i| params[i]).collect();
             let y = node.op.forward(&inputs, &p);
+            if let Some((lo, hi)) = keep.and_then(|k| k.masks[i + 1]) {
+                masks[i + 1] = Some(y.iter().map(|&v| v > lo && v < hi).collect());
+            }
+            shapes.push(y.shape().to_vec());
             values.push(y);
+            if let Some(keep) = keep {
+                for &v in &node.inputs {
+                    uses[v] -= 1;
+                    if uses[v] == 0 && !keep.values[v] && v != last {
+                        values[v] = Tensor::zeros(vec![0]);
+                    }
+                }
+            }
         }
-        let out = values.last().cloned().unwrap_or_else(|| values[0].clone());
-        Ok((out, Tape { values }))
+        let out = values[last].clone();
+        if let Some(keep) = keep {
+            if !keep.values[last] {
+                values[last] = Tensor::zeros(vec![0]);
+            }
+        }
+        Ok((
+            out,
+            Tape {
+                values,
+                shapes,
+                masks,
+            },
+        ))
     }
 
     /// Which values need a gradient when the parameters marked in
@@ -166,11 +294,7 @@ impl Graph {
         trainable: &[bool],
     ) -> Result<Vec<Option<Tensor>>, NnError> {
         self.check_params(params)?;
-        let out = tape
-            .values
-            .last()
-            .map(|v| v.shape().to_vec())
-            .unwrap_or_default();
+        let out = tape.shapes.last().cloned().unwrap_or_default();
         if dy.shape() != out.as_slice() {
             return Err(NnError::Input {
                 got: dy.shape().to_vec(),
@@ -207,6 +331,11 @@ impl Graph {
                 continue;
             }
             let inputs: Vec<&Tensor> = node.inputs.iter().map(|&v| &tape.values[v]).collect();
+            let input_shapes: Vec<&[usize]> = node
+                .inputs
+                .iter()
+                .map(|&v| tape.shapes[v].as_slice())
+                .collect();
             let p: Vec<&Tensor> = node.params.iter().map(|&k| params[k]).collect();
             let want: Vec<bool> = node.inputs.iter().map(|&v| v != 0 && needs[v]).collect();
             // The op adds into its own slots; they go back after.
@@ -214,8 +343,10 @@ impl Graph {
                 node.params.iter().map(|&k| pgrads[k].take()).collect();
             let saved = Saved {
                 inputs: &inputs,
+                input_shapes: &input_shapes,
                 params: &p,
                 output: &tape.values[i + 1],
+                output_mask: tape.masks[i + 1].as_deref(),
             };
             let dx = node.op.backward(&saved, g, &want, &mut slots);
             for (&k, slot) in node.params.iter().zip(slots) {
@@ -243,6 +374,18 @@ impl Graph {
         x: ArrayView2<f32>,
         threads: usize,
     ) -> Result<(ndarray::Array2<f32>, BatchTape), NnError> {
+        self.forward_rows_keeping(params, x, threads, None)
+    }
+
+    /// [`Graph::forward_rows`] keeping only the values flagged in `keep`
+    /// ([`Graph::kept_values`]) for the backward.
+    pub fn forward_rows_keeping(
+        &self,
+        params: &[&Tensor],
+        x: ArrayView2<f32>,
+        threads: usize,
+        keep: Option<&KeepPlan>,
+    ) -> Result<(ndarray::Array2<f32>, BatchTape), NnError> {
         let width: usize = self.input_shape.iter().product();
         if x.ncols() != width || x.nrows() == 0 {
             return Err(NnError::Input {
@@ -269,7 +412,7 @@ impl Graph {
                     got: vec![hi - lo, width],
                     why: e.to_string(),
                 })?;
-            self.forward(params, chunk.into_dyn())
+            self.forward_keeping(params, chunk.into_dyn(), keep)
         });
         let out_width: usize = self.output_shape.iter().product();
         let mut out = ndarray::Array2::<f32>::zeros((n, out_width));
@@ -305,7 +448,7 @@ impl Graph {
         }
         let results = run_chunks(tape.chunks.len(), threads, |c| {
             let lo = c * CHUNK;
-            let rows = tape.chunks[c].values[0].shape()[0];
+            let rows = tape.chunks[c].shapes[0][0];
             let mut shape = vec![rows];
             shape.extend(&self.output_shape);
             let g = dy
@@ -339,8 +482,10 @@ impl BatchTape {
     pub fn bytes(&self) -> usize {
         self.chunks
             .iter()
-            .flat_map(|t| &t.values)
-            .map(|v| v.len() * 4)
+            .map(|t| {
+                t.values.iter().map(|v| v.len() * 4).sum::<usize>()
+                    + t.masks.iter().flatten().map(Vec::len).sum::<usize>()
+            })
             .sum()
     }
 

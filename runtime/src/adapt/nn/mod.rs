@@ -25,7 +25,7 @@ pub mod graph;
 pub mod import;
 pub mod ops;
 
-pub use graph::{Graph, ParamSpec, Tape};
+pub use graph::{Graph, KeepPlan, ParamSpec, Tape};
 pub use import::{import, Imported};
 pub use ops::ParamKind;
 

@@ -480,6 +480,19 @@ pub fn run(mut args: Args) -> Result<()> {
                 spec.cut,
                 trunk.outputs.embedding_dim
             );
+            let trained: usize = spec
+                .param_names()
+                .iter()
+                .filter_map(|n| init.get(n).ok())
+                .map(|t| t.len())
+                .sum();
+            let (kept, all) = spec.activation_bytes_per_sample();
+            println!(
+                "trains {} of them ({trained}); the backward keeps {:.1} KiB of activations per view ({:.1} KiB if it kept every value)",
+                args.train_params,
+                kept as f64 / 1024.0,
+                all as f64 / 1024.0
+            );
             Some((spec, init, trunk))
         }
         None => None,

@@ -13,8 +13,8 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, Ix4};
 
 use super::{
-    attr_i, attr_ints, attr_s, const_f32, data_input, unsupported, weight_input, Constants, Op,
-    ParamKind, Parsed, Saved, Tensor,
+    attr_i, attr_ints, attr_s, const_f32, data_input, unsupported, weight_input, Constants, Keeps,
+    Op, ParamKind, Parsed, Saved, Tensor,
 };
 use crate::adapt::nn::NnError;
 
@@ -261,9 +261,11 @@ impl Op for Conv {
         param_grads: &mut [Option<Tensor>],
     ) -> Vec<Option<Tensor>> {
         let x = saved.inputs[0];
-        let (n, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+        let xshape = saved.input_shapes[0];
+        let (n, c, h, w) = (xshape[0], xshape[1], xshape[2], xshape[3]);
         let o = saved.params[0].shape()[0];
         let (ho, wo) = (dy.shape()[2], dy.shape()[3]);
+        // Empty unless the weight trains (Op::keeps).
         let xs = x.as_slice().expect("standard layout");
         let dys = dy.as_slice().expect("standard layout");
         let wt = saved.params[0].as_slice().expect("standard layout");
@@ -275,7 +277,7 @@ impl Op for Conv {
                 }
             }
         }
-        let mut dx = want_input[0].then(|| Tensor::zeros(x.shape().to_vec()));
+        let mut dx = want_input[0].then(|| Tensor::zeros(xshape.to_vec()));
         let mut dw = param_grads[0].as_mut();
         match self.kernel_kind(c, o) {
             Kernel::Pointwise => {
@@ -349,6 +351,14 @@ impl Op for Conv {
             }
         }
         vec![dx]
+    }
+
+    fn keeps(&self, trainable: &[bool]) -> Keeps {
+        Keeps {
+            inputs: vec![trainable[0]],
+            output: false,
+            output_mask: None,
+        }
     }
 
     fn param_kinds(&self) -> Vec<ParamKind> {

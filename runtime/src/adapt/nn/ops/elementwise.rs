@@ -3,7 +3,7 @@
 //! clamps (`Relu`, `Clip`).
 
 use super::{
-    as_ncs, attr_f, channels, unsupported, Constants, Op, ParamKind, Parsed, Saved, Tensor,
+    as_ncs, attr_f, channels, unsupported, Constants, Keeps, Op, ParamKind, Parsed, Saved, Tensor,
 };
 use crate::adapt::nn::NnError;
 
@@ -198,6 +198,14 @@ impl Op for AddBias {
         vec![want[0].then_some(dy)]
     }
 
+    fn keeps(&self, _: &[bool]) -> Keeps {
+        Keeps {
+            inputs: vec![false],
+            output: false,
+            output_mask: None,
+        }
+    }
+
     fn param_kinds(&self) -> Vec<ParamKind> {
         vec![ParamKind::Bias]
     }
@@ -234,6 +242,14 @@ impl Op for AddData {
         }
     }
 
+    fn keeps(&self, _: &[bool]) -> Keeps {
+        Keeps {
+            inputs: vec![false, false],
+            output: false,
+            output_mask: None,
+        }
+    }
+
     fn param_kinds(&self) -> Vec<ParamKind> {
         vec![]
     }
@@ -262,6 +278,14 @@ impl Op for MulScale {
         vec![want[0].then(|| per_channel_map(&dy, saved.params[0], |g, s| g * s))]
     }
 
+    fn keeps(&self, trainable: &[bool]) -> Keeps {
+        Keeps {
+            inputs: vec![trainable[0]],
+            output: false,
+            output_mask: None,
+        }
+    }
+
     fn param_kinds(&self) -> Vec<ParamKind> {
         vec![ParamKind::Scale]
     }
@@ -285,15 +309,35 @@ impl Op for Clamp {
     ) -> Vec<Option<Tensor>> {
         let dx = want[0].then(|| {
             let mut d = dy;
-            let x = saved.inputs[0].as_slice().expect("standard layout");
-            // A select, not a branch, so that the loop vectorises.
-            for (d, &v) in d.as_slice_mut().expect("standard layout").iter_mut().zip(x) {
-                let pass = v > self.min && v < self.max;
-                *d = if pass { *d } else { 0.0 };
+            let ds = d.as_slice_mut().expect("standard layout");
+            match saved.output_mask {
+                Some(mask) => {
+                    for (d, &pass) in ds.iter_mut().zip(mask) {
+                        *d = if pass { *d } else { 0.0 };
+                    }
+                }
+                None => {
+                    // A select, not a branch, so that the loop vectorises.
+                    let y = saved.output.as_slice().expect("standard layout");
+                    for (d, &v) in ds.iter_mut().zip(y) {
+                        let pass = v > self.min && v < self.max;
+                        *d = if pass { *d } else { 0.0 };
+                    }
+                }
             }
             d
         });
         vec![dx]
+    }
+
+    fn keeps(&self, _: &[bool]) -> Keeps {
+        // The mask min < x < max is min < y < max: a mask of the output
+        // suffices.
+        Keeps {
+            inputs: vec![false],
+            output: false,
+            output_mask: Some((self.min, self.max)),
+        }
     }
 
     fn param_kinds(&self) -> Vec<ParamKind> {

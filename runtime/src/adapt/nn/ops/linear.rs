@@ -4,8 +4,8 @@
 use ndarray::{Axis, Ix2};
 
 use super::{
-    attr_f, attr_i, data_input, unsupported, weight_input, Constants, Op, ParamKind, Parsed, Saved,
-    Tensor,
+    attr_f, attr_i, data_input, unsupported, weight_input, Constants, Keeps, Op, ParamKind, Parsed,
+    Saved, Tensor,
 };
 use crate::adapt::nn::NnError;
 
@@ -112,16 +112,16 @@ impl Op for Linear {
         want_input: &[bool],
         param_grads: &mut [Option<Tensor>],
     ) -> Vec<Option<Tensor>> {
-        let x = saved.inputs[0]
-            .view()
-            .into_dimensionality::<Ix2>()
-            .expect("[N, K]");
         let w = saved.params[0]
             .view()
             .into_dimensionality::<Ix2>()
             .expect("2-D weight");
         let g = dy.view().into_dimensionality::<Ix2>().expect("[N, O]");
         if let Some(dw) = param_grads[0].as_mut() {
+            let x = saved.inputs[0]
+                .view()
+                .into_dimensionality::<Ix2>()
+                .expect("[N, K], kept for the weight gradient");
             let mut dw = dw
                 .view_mut()
                 .into_dimensionality::<Ix2>()
@@ -146,6 +146,14 @@ impl Op for Linear {
             }
         });
         vec![dx]
+    }
+
+    fn keeps(&self, trainable: &[bool]) -> Keeps {
+        Keeps {
+            inputs: vec![trainable[0]],
+            output: false,
+            output_mask: None,
+        }
     }
 
     fn param_kinds(&self) -> Vec<ParamKind> {

@@ -48,12 +48,30 @@ pub enum ParamKind {
 
 /// What an op's backward reads from its forward.
 pub struct Saved<'a> {
-    /// The op's data inputs, in its order.
+    /// The op's data inputs, in its order. An input the op does not ask
+    /// for ([`Op::keeps`]) may have been dropped from the tape: it is then
+    /// an empty tensor, and only its shape (below) is known.
     pub inputs: &'a [&'a Tensor],
+    /// The shapes of the data inputs (batch first), always known.
+    pub input_shapes: &'a [&'a [usize]],
     /// Its parameters (trainable or frozen), in its order.
     pub params: &'a [&'a Tensor],
-    /// Its output.
+    /// Its output (empty unless [`Op::keeps`] asks for it).
     pub output: &'a Tensor,
+    /// `min < y < max` per output element, when [`Keeps::output_mask`]
+    /// asked for it and the output itself was not kept.
+    pub output_mask: Option<&'a [bool]>,
+}
+
+/// Which of its forward's tensors an op's backward reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Keeps {
+    /// One flag per data input.
+    pub inputs: Vec<bool>,
+    pub output: bool,
+    /// Enough of the output: whether each element lies strictly inside
+    /// these bounds (a clamp's gradient mask, one byte instead of four).
+    pub output_mask: Option<(f32, f32)>,
 }
 
 /// One differentiable op with its constant attributes baked in.
@@ -83,6 +101,13 @@ pub trait Op: std::fmt::Debug + Send + Sync {
 
     /// The parameter kinds, in the op's parameter order.
     fn param_kinds(&self) -> Vec<ParamKind>;
+
+    /// What the backward reads when the parameters flagged in `trainable`
+    /// (the op's own, in its order) are trained: the executor drops every
+    /// other value from the tape. E.g. a conv needs its input only for its
+    /// weight gradient, a clamp only its output's mask: with biases alone
+    /// trained (TinyTL) most activations need not be kept.
+    fn keeps(&self, trainable: &[bool]) -> Keeps;
 }
 
 /// Constant tensors a node may read: initialisers that are not trained and

@@ -4,8 +4,8 @@
 //! "norm" scope of `--train-params` train them.
 
 use super::{
-    as_ncs, attr_f, const_f32, data_input, unsupported, weight_input, Constants, Op, ParamKind,
-    Parsed, Saved, Tensor,
+    as_ncs, attr_f, const_f32, data_input, unsupported, weight_input, Constants, Keeps, Op,
+    ParamKind, Parsed, Saved, Tensor,
 };
 use crate::adapt::nn::NnError;
 
@@ -96,25 +96,25 @@ impl Op for BatchNorm {
         want: &[bool],
         grads: &mut [Option<Tensor>],
     ) -> Vec<Option<Tensor>> {
-        let x = as_ncs(saved.inputs[0]);
         let g = as_ncs(&dy);
         let (n, c, _) = g.dim();
         let gamma = saved.params[0].as_slice().expect("standard layout");
         if grads[0].is_some() || grads[1].is_some() {
+            // The input is kept only when γ trains (Op::keeps).
+            let x = grads[0].is_some().then(|| as_ncs(saved.inputs[0]));
             let mut dgamma = vec![0.0f32; c];
             let mut dbeta = vec![0.0f32; c];
             for b in 0..n {
                 for ch in 0..c {
-                    let (gl, xl) = (
-                        g.slice(ndarray::s![b, ch, ..]),
-                        x.slice(ndarray::s![b, ch, ..]),
-                    );
+                    let gl = g.slice(ndarray::s![b, ch, ..]);
                     dbeta[ch] += gl.sum();
-                    dgamma[ch] += gl
-                        .iter()
-                        .zip(xl)
-                        .map(|(d, v)| d * (v - self.mean[ch]) * self.inv_std[ch])
-                        .sum::<f32>();
+                    if let Some(x) = &x {
+                        dgamma[ch] += gl
+                            .iter()
+                            .zip(x.slice(ndarray::s![b, ch, ..]))
+                            .map(|(d, v)| d * (v - self.mean[ch]) * self.inv_std[ch])
+                            .sum::<f32>();
+                    }
                 }
             }
             for (slot, acc) in grads.iter_mut().zip([dgamma, dbeta]) {
@@ -138,6 +138,14 @@ impl Op for BatchNorm {
             d
         });
         vec![dx]
+    }
+
+    fn keeps(&self, trainable: &[bool]) -> Keeps {
+        Keeps {
+            inputs: vec![trainable[0]],
+            output: false,
+            output_mask: None,
+        }
     }
 
     fn param_kinds(&self) -> Vec<ParamKind> {

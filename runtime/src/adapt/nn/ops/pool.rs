@@ -2,8 +2,8 @@
 //! `ReduceMean` over axes `[2, 3]` (with or without keepdims).
 
 use super::{
-    as_ncs, attr_i, attr_ints, data_input, unsupported, Constants, Op, ParamKind, Parsed, Saved,
-    Tensor,
+    as_ncs, attr_i, attr_ints, data_input, unsupported, Constants, Keeps, Op, ParamKind, Parsed,
+    Saved, Tensor,
 };
 use crate::adapt::nn::NnError;
 
@@ -79,7 +79,7 @@ impl Op for GlobalMean {
         _: &mut [Option<Tensor>],
     ) -> Vec<Option<Tensor>> {
         let dx = want[0].then(|| {
-            let shape = saved.inputs[0].shape().to_vec();
+            let shape = saved.input_shapes[0].to_vec();
             let s: usize = shape[2..].iter().product();
             let g = dy.as_slice().expect("standard layout");
             let mut d = Tensor::zeros(shape);
@@ -94,6 +94,14 @@ impl Op for GlobalMean {
             d
         });
         vec![dx]
+    }
+
+    fn keeps(&self, _: &[bool]) -> Keeps {
+        Keeps {
+            inputs: vec![false],
+            output: false,
+            output_mask: None,
+        }
     }
 
     fn param_kinds(&self) -> Vec<ParamKind> {

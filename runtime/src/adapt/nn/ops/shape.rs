@@ -1,7 +1,9 @@
 //! `Flatten` (axis 1) and `Reshape` to a constant shape that keeps the
 //! batch axis: a view change, whose backward reshapes the gradient back.
 
-use super::{attr_i, data_input, unsupported, Constants, Op, ParamKind, Parsed, Saved, Tensor};
+use super::{
+    attr_i, data_input, unsupported, Constants, Keeps, Op, ParamKind, Parsed, Saved, Tensor,
+};
 use crate::adapt::nn::NnError;
 
 /// A reshape: `Flatten` is `target = [0, -1]`. Per ONNX, `0` copies the
@@ -112,9 +114,17 @@ impl Op for Reshape {
         _: &mut [Option<Tensor>],
     ) -> Vec<Option<Tensor>> {
         vec![want[0].then(|| {
-            dy.into_shape_with_order(saved.inputs[0].shape())
+            dy.into_shape_with_order(saved.input_shapes[0])
                 .expect("standard layout")
         })]
+    }
+
+    fn keeps(&self, _: &[bool]) -> Keeps {
+        Keeps {
+            inputs: vec![false],
+            output: false,
+            output_mask: None,
+        }
     }
 
     fn param_kinds(&self) -> Vec<ParamKind> {
