@@ -3,9 +3,10 @@
 //! Two augmented views of a batch go through the frozen ONNX encoder and the
 //! head; a contrastive objective from [`loss`] turns the two head outputs into
 //! a scalar and its analytic gradient, which the training loop backpropagates
-//! into the head. Nothing here depends on an autodiff framework: every
-//! gradient is derived by hand and checked against finite differences in
-//! `runtime/tests/losses.rs`.
+//! into the head. Nothing here depends on an autodiff framework: the losses'
+//! gradients are derived by hand and checked against finite differences in
+//! `runtime/tests/losses.rs`; the encoder's own trained layers ([`tail`])
+//! run on [`nn`], a small engine of ops that each know their backward.
 
 pub mod bank;
 pub mod budget;
