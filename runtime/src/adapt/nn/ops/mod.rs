@@ -230,7 +230,8 @@ pub(crate) fn unsupported(node: &pb::NodeProto, why: impl Into<String>) -> NnErr
 
 /// Ops the engine differentiates, for the refusal message.
 pub const SUPPORTED: &str = "Conv, Gemm, MatMul, Add, Mul, Relu, Clip, BatchNormalization, \
-                             GlobalAveragePool, ReduceMean, Flatten, Reshape";
+                             GlobalAveragePool, ReduceMean, MaxPool, AveragePool, Pad, \
+                             Concat, Flatten, Reshape";
 
 /// `node` as an engine op. `is_data(name)` says whether an input is a value
 /// computed in the scope (or the cut itself) rather than a constant.
@@ -246,7 +247,12 @@ pub fn parse(
         "Relu" | "Clip" => elementwise::parse_clamp(node, consts),
         "BatchNormalization" => norm::parse(node, consts),
         "GlobalAveragePool" | "ReduceMean" => pool::parse(node, consts),
+        "MaxPool" | "AveragePool" => pool::parse_window(node, consts),
         "Flatten" | "Reshape" => shape::parse(node, consts),
+        "Pad" => shape::parse_pad(node, consts),
+        "Concat" if node.input.iter().any(|i| is_data(i)) => {
+            shape::parse_concat(node, consts, is_data)
+        }
         "Shape" | "Gather" | "Slice" | "Cast" | "ConstantOfShape" | "Unsqueeze" | "Concat" => {
             Err(unsupported(
                 node,

@@ -108,3 +108,11 @@ impl Op for GlobalMean {
         vec![]
     }
 }
+
+/// `MaxPool` / `AveragePool` (not yet: being written).
+pub(crate) fn parse_window(
+    node: &tract_onnx::pb::NodeProto,
+    _consts: &Constants,
+) -> Result<Parsed, NnError> {
+    Err(unsupported(node, "is not implemented yet"))
+}

@@ -131,3 +131,20 @@ impl Op for Reshape {
         vec![]
     }
 }
+
+/// `Pad` with a constant value (not yet: being written).
+pub(crate) fn parse_pad(
+    node: &tract_onnx::pb::NodeProto,
+    _consts: &Constants,
+) -> Result<Parsed, NnError> {
+    Err(unsupported(node, "is not implemented yet"))
+}
+
+/// `Concat` of data tensors (not yet: being written).
+pub(crate) fn parse_concat(
+    node: &tract_onnx::pb::NodeProto,
+    _consts: &Constants,
+    _is_data: &dyn Fn(&str) -> bool,
+) -> Result<Parsed, NnError> {
+    Err(unsupported(node, "is not implemented yet"))
+}
