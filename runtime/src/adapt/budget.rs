@@ -12,9 +12,9 @@
 //! | cache build | one view of `images × dim × 4` in f32 parts, concatenated at the end |
 //! | diagnostics | four `images × dim × 4` copies (two adapted views, their L2-normalised copies) |
 //! | validation | `val_images × dim × 4 × 3` (frozen, adapted train/test) |
-//! | parameters | adapter + head (+ predictor) × 5 copies: weights, EMA, gradient, two AdamW moments |
+//! | parameters | adapter + head (+ predictor) + trained encoder layers × 5 copies: weights, EMA, gradient, two AdamW moments |
 //! | bank | `bank × head_out × 4`, plus the logits `batch × (bank + 1) × 4 × 3` |
-//! | step | `batch × (4·dim + 3·head_hidden + 4·head_out) × 4 × 2` views |
+//! | step | `batch × (4·dim + 3·head_hidden + 4·head_out) × 4 × 2` views, + `batch × 2 × ` what the trained encoder layers' backward keeps per view (read from the engine graph: [`crate::adapt::tail::TailSpec::activation_bytes_per_sample`]) |
 //!
 //! The planner first tries the requested settings; if they do not fit it
 //! runs the encoder on one thread (slower, same results), then switches the cache to f16 (when the caller can store one), then halves the
@@ -34,8 +34,12 @@ pub const MIB: u64 = 1 << 20;
 pub struct RunShape {
     pub images: usize,
     pub views: usize,
-    /// Frozen embedding width.
+    /// Width of what the view cache stores per view: the frozen embedding,
+    /// or with trained encoder layers the cut tensor below them.
     pub dim: usize,
+    /// Width of the embedding the adapter, diagnostics and validation see
+    /// (`dim`, or the trained layers' output); 0 means `dim`.
+    pub embed_dim: usize,
     /// Labelled evaluation images (train + test), 0 without `--val`.
     pub val_images: usize,
     pub bank: usize,
@@ -50,6 +54,10 @@ pub struct RunShape {
     pub precision: Precision,
     /// Encoder threads (`--threads`).
     pub threads: usize,
+    /// Parameters of the trained encoder layers (0 without a tail).
+    pub tail_params: usize,
+    /// Bytes of activations their backward keeps per view.
+    pub tail_kept_bytes: usize,
 }
 
 /// Calibration of the parts that are not plain buffers.
@@ -133,7 +141,12 @@ impl fmt::Display for Estimate {
 pub fn estimate(shape: &RunShape, cal: &Calibration) -> Estimate {
     let u = |v: usize| v as u64;
     let f32b = 4u64;
-    let (n, d) = (u(shape.images), u(shape.dim));
+    let (n, w) = (u(shape.images), u(shape.dim));
+    let d = if shape.embed_dim == 0 {
+        w
+    } else {
+        u(shape.embed_dim)
+    };
     let (b, k) = (u(shape.batch), u(shape.bank));
     let (h, o, r) = (u(shape.head_hidden), u(shape.head_out), u(shape.bottleneck));
     let mut weights = 2 * d * r + r + d + d * h + h + h * o + o;
@@ -144,13 +157,14 @@ pub fn estimate(shape: &RunShape, cal: &Calibration) -> Estimate {
         encoder: (cal.model_overhead * shape.model_file_bytes as f64) as u64
             + cal.runtime_base
             + cal.worker * u(shape.threads.saturating_sub(1)),
-        cache: n * u(shape.views) * d * shape.precision.bytes() as u64,
-        cache_build: n * d * f32b,
+        cache: n * u(shape.views) * w * shape.precision.bytes() as u64,
+        cache_build: n * w * f32b,
         diagnostics: 4 * n * d * f32b,
         validation: 3 * u(shape.val_images) * d * f32b,
-        parameters: 5 * weights * f32b,
+        parameters: 5 * (weights + u(shape.tail_params)) * f32b,
         bank: k * o * f32b + 3 * b * (k + 1) * f32b,
-        step: 2 * b * (4 * d + 3 * h + 4 * o) * f32b,
+        step: 2 * b * (4 * d + 3 * h + 4 * o) * f32b
+            + 2 * b * (u(shape.tail_kept_bytes) + w * f32b),
     }
 }
 
@@ -300,6 +314,9 @@ mod tests {
             model_file_bytes: 14 * MIB,
             precision: Precision::F32,
             threads: 1,
+            tail_params: 0,
+            tail_kept_bytes: 0,
+            embed_dim: 0,
         }
     }
 

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use ndarray::ArrayD;
 use tract_onnx::pb;
 
+use super::fold;
 use super::graph::{Graph, Node, ParamSpec};
 use super::ops::{self, Constants};
 use super::NnError;
@@ -70,9 +71,20 @@ pub fn import(
             needed.extend(node.input.iter().map(String::as_str));
         }
     }
-    let consts = Constants {
+    let mut consts = Constants {
         initialisers: constants,
+        folded: HashMap::new(),
     };
+    // Shape computations that need nothing from the cut (over initialisers
+    // and `Constant`s) fold before anything else.
+    for node in &graph.node {
+        if node.op_type == "Constant" || !fold::FOLDABLE.contains(&node.op_type.as_str()) {
+            continue;
+        }
+        if let Ok(Some(t)) = fold::fold(node, &|n| consts.get(n), &|_| None) {
+            consts.folded.insert(t.name.clone(), t);
+        }
+    }
     let mut value_of: HashMap<&str, usize> = HashMap::from([(cut, 0)]);
     let mut value_shapes: Vec<Vec<usize>> = vec![cut_shape.to_vec()];
     let mut param_of: HashMap<String, usize> = HashMap::new();
@@ -109,6 +121,22 @@ pub fn import(
                 node,
                 format!("whose second output '{extra}' is used (only single-output nodes)"),
             ));
+        }
+        if fold::FOLDABLE.contains(&node.op_type.as_str()) {
+            let shape_of = |n: &str| value_of.get(n).map(|&v| with_batch(&value_shapes[v]));
+            match fold::fold(node, &|n| consts.get(n), &shape_of) {
+                Ok(Some(t)) => {
+                    consts.folded.insert(t.name.clone(), t);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    return Err(ops::unsupported(
+                        node,
+                        format!("(a shape computation) {why}"),
+                    ))
+                }
+            }
         }
         let is_data = |n: &str| value_of.contains_key(n);
         let parsed = ops::parse(node, &consts, &is_data)?;

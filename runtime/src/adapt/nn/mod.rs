@@ -14,6 +14,8 @@
 //!   forward, and its backward (input and parameter gradients);
 //! - [`import`]: reads the ONNX subgraph once, checks every op and shape, and
 //!   resolves each parameter to an index (no string lookups per step);
+//!   [`fold`] first turns the exporters' run-time shape computations into
+//!   constants;
 //! - [`graph`]: the executor (value tape, fan-out accumulation, batch split
 //!   over threads in fixed chunks so results do not depend on the thread
 //!   count).
@@ -21,6 +23,7 @@
 //! Tensors are `ndarray::ArrayD<f32>` in standard (row-major) layout, batch
 //! first: `[N, C, H, W]` for feature maps, `[N, D]` for vectors.
 
+pub mod fold;
 pub mod graph;
 pub mod import;
 pub mod ops;

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use edgeclr::adapt::budget::RunShape;
 use edgeclr::adapt::checkpoint::Checkpoint;
 use edgeclr::adapt::export::export_adapted;
-use edgeclr::adapt::tail::{load_tail, write_trunk, ParamScope, TailChoice};
+use edgeclr::adapt::tail::{load_tail, write_trunk, ParamScope, TailChoice, TailSpec};
 use edgeclr::adapt::trainer::{
     AdaptConfig, Precision, TrainError, Trainer, ViewCache, ViewCacheBuilder,
 };
@@ -507,7 +507,14 @@ pub fn run(mut args: Args) -> Result<()> {
         .map_or(manifest.outputs.embedding_dim, |(_, _, trunk)| {
             trunk.outputs.embedding_dim
         });
-    let shape = memory_shape(&args, &manifest, total, view_width, precision)?;
+    let shape = memory_shape(
+        &args,
+        &manifest,
+        total,
+        view_width,
+        precision,
+        tail.as_ref().map(|(spec, _, _)| spec),
+    )?;
     let allow_f16 = args.cache_precision.is_none();
     if let Some(plan) = super::memory::plan(shape, args.memory_budget, allow_f16)? {
         (args.bank_size, args.batch_size) = (plan.bank, plan.batch);
@@ -958,7 +965,16 @@ fn memory_shape(
     images: usize,
     view_width: usize,
     precision: Precision,
+    tail: Option<&TailSpec>,
 ) -> Result<RunShape> {
+    let tail_params = tail.map_or(0, |t| {
+        t.graph()
+            .params()
+            .iter()
+            .map(|p| p.shape.iter().product::<usize>())
+            .sum()
+    });
+    let tail_kept_bytes = tail.map_or(0, |t| t.activation_bytes_per_sample().0);
     let val_images = match &args.val {
         Some(val) => {
             let (train, test) = val_datasets(val, args.val_test.as_deref())?;
@@ -989,5 +1005,8 @@ fn memory_shape(
         model_file_bytes: std::fs::metadata(&manifest.onnx).map_or(0, |m| m.len()),
         precision,
         threads: args.model.threads,
+        tail_params,
+        tail_kept_bytes,
+        embed_dim: tail.map_or(0, |t| t.out_dim),
     })
 }
