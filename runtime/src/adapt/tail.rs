@@ -428,6 +428,22 @@ pub fn forward(
     Ok((y, TailCache { tape }))
 }
 
+/// The tail's output for `x` with no tape kept: what evaluation, the
+/// momentum copy's keys and exports need (a training forward of 256 rows at
+/// 224 px would hold hundreds of MiB of activations for nothing).
+pub fn embed(spec: &TailSpec, p: &Params, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+    let params = spec.bind(p)?;
+    let n = spec.keep.values.len();
+    let nothing = nn::graph::KeepPlan {
+        values: vec![false; n],
+        masks: vec![None; n],
+    };
+    let (y, _) = spec
+        .graph
+        .forward_rows_keeping(&params, x, spec.threads, Some(&nothing))?;
+    Ok(y)
+}
+
 /// Gradients of the trainable tail parameters for upstream gradient `dy`
 /// `[B, out_dim]`.
 pub fn backward(

@@ -422,14 +422,25 @@ impl Trainer {
     /// Adapted embeddings (tail, if any, then adapter): what probes and
     /// exports use. `x` is what [`Trainer::train_step`] takes.
     pub fn adapt(&self, x: ArrayView2<f32>) -> Result<Array2<f32>, TrainError> {
-        Self::chunked(x, |c| Ok(self.forward(&self.params, c)?.0))
+        Self::chunked(x, |c| self.embed(&self.params, c))
+    }
+
+    /// [`Trainer::forward`]'s output without the caches a backward needs.
+    fn embed(&self, p: &Params, x: ArrayView2<f32>) -> Result<Array2<f32>, TrainError> {
+        match &self.tail {
+            Some(spec) => {
+                let e = tail::embed(spec, p, x)?;
+                Ok(adapter_forward(p, e.view())?.0)
+            }
+            None => Ok(adapter_forward(p, x)?.0),
+        }
     }
 
     /// The frozen encoder's embeddings of `x`: `x` itself without a tail,
     /// else the tail with its original weights (no adapter).
     pub fn frozen(&self, x: ArrayView2<f32>) -> Result<Array2<f32>, TrainError> {
         match &self.tail {
-            Some(spec) => Self::chunked(x, |c| Ok(tail::forward(spec, &self.tail_init, c)?.0)),
+            Some(spec) => Self::chunked(x, |c| Ok(tail::embed(spec, &self.tail_init, c)?)),
             None => Ok(x.to_owned()),
         }
     }
@@ -451,7 +462,7 @@ impl Trainer {
     /// Keys from the momentum copy (no gradient).
     fn ema_keys(&self, x: ArrayView2<f32>) -> Result<Array2<f32>, TrainError> {
         Self::chunked(x, |c| {
-            let (a, _, _) = self.forward(&self.ema, c)?;
+            let a = self.embed(&self.ema, c)?;
             Ok(self.head(&self.ema, a.view())?.0)
         })
     }
