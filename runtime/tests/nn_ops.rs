@@ -1390,16 +1390,59 @@ fn refuses_unknown_op_in_scope() {
 }
 
 #[test]
-fn refuses_shape_node() {
+fn shape_subgraphs_fold_to_constants() {
+    // PyTorch's `x.view(x.size(0), -1)`: Shape → Gather(0) → Unsqueeze →
+    // Concat with [-1] → Reshape, then a Gemm: folded, batch kept symbolic.
     let mut b = Builder::new(132);
-    let shape = b.node("Shape", "shp", &["x"], vec![]);
-    let out = b.node("Reshape", "r", &["x", &shape], vec![]);
-    let err = import(&b.graph(&[1, 3, 4, 4], &out), "x", &[3, 4, 4], &out)
-        .expect_err("a Shape node is refused");
+    let c = b.conv("c", "x", ConvSpec::new(3, 4, 1));
+    let shape = b.node("Shape", "shp", &[&c], vec![]);
+    b.inits.push(pb::TensorProto {
+        name: "zero".into(),
+        dims: vec![],
+        data_type: pb::tensor_proto::DataType::Int64 as i32,
+        int64_data: vec![0],
+        ..Default::default()
+    });
+    let n = b.node("Gather", "n", &[&shape, "zero"], vec![attr_int("axis", 0)]);
+    b.ints("axes0", &[0]);
+    let n1 = b.node("Unsqueeze", "n1", &[&n, "axes0"], vec![]);
+    b.ints("minus1", &[-1]);
+    let target = b.node(
+        "Concat",
+        "target",
+        &[&n1, "minus1"],
+        vec![attr_int("axis", 0)],
+    );
+    let flat = b.node("Reshape", "r", &[&c, &target], vec![]);
+    let out = b.gemm("fc", &flat, (4 * 16, 5), true, Some(&[5]));
+    let g = b.graph(&[3, 3, 4, 4], &out);
+    let imp = import(&g, "x", &[3, 4, 4], &out).expect("the shape subgraph folds");
+    assert_eq!(
+        imp.graph.node_names().collect::<Vec<_>>(),
+        ["c", "r", "fc"],
+        "the shape ops are constants, not engine nodes"
+    );
+    // Batch 3 (not the 1 the import assumed): the engine matches tract.
+    let x = randn(&mut rng(133), &[3, 3, 4, 4], 1.0);
+    let refs: Vec<&ArrayD<f32>> = imp.init.iter().collect();
+    let (y, _) = imp.graph.forward(&refs, x.clone()).expect("forward");
+    let want = tract_run(&g, &x);
+    let d = (&y - &want).mapv(f32::abs).fold(0.0f32, |a, &v| a.max(v));
+    assert!(d < 1e-5, "engine vs tract: {d}");
+
+    // Arithmetic on the batch size is refused, naming the node.
+    let mut b = Builder::new(134);
+    let c = b.conv("c", "x", ConvSpec::new(3, 4, 1));
+    let shape = b.node("Shape", "shp", &[&c], vec![]);
+    b.ints("two", &[2]);
+    let twice = b.node("Mul", "twice", &[&shape, "two"], vec![]);
+    let out = b.node("Reshape", "r", &[&c, &twice], vec![]);
+    let err =
+        import(&b.graph(&[1, 3, 4, 4], &out), "x", &[3, 4, 4], &out).expect_err("batch arithmetic");
     match err {
-        NnError::Unsupported { node, op, .. } => {
-            assert_eq!(node, "shp");
-            assert_eq!(op, "Shape");
+        NnError::Unsupported { node, why, .. } => {
+            assert_eq!(node, "twice");
+            assert!(why.contains("batch size"), "{why}");
         }
         other => panic!("expected Unsupported, got {other:?}"),
     }
@@ -1577,4 +1620,543 @@ fn forward_rows_takes_column_major_rows() {
         y_rows.into_dyn(),
         y.into_shape_with_order(IxDyn(&[3, 48])).expect("rows")
     );
+}
+
+// ---------------------------------------------------------------- MaxPool, AveragePool
+
+fn attr_string(name: &str, v: &str) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::String as i32,
+        s: v.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+/// `[N, C, H, W]` whose every plane is a random permutation of distinct
+/// values 0.1 apart around 0: in every window the maximum leads the
+/// runner-up by at least 0.1, far more than a finite-difference step moves
+/// either, so the argmax never flips.
+fn distinct_planes(seed: u64, shape: &[usize]) -> ArrayD<f32> {
+    use rand::seq::SliceRandom;
+    let mut r = rng(seed);
+    let hw = shape[2] * shape[3];
+    let mut values = Vec::with_capacity(shape.iter().product());
+    for _ in 0..shape[0] * shape[1] {
+        let mut plane: Vec<f32> = (0..hw)
+            .map(|k| (k as f32 - (hw / 2) as f32) * 0.1)
+            .collect();
+        plane.shuffle(&mut r);
+        values.extend(plane);
+    }
+    ArrayD::from_shape_vec(IxDyn(shape), values).expect("shape")
+}
+
+/// A MaxPool alone (the forward against tract) and behind `x·s + t` per
+/// channel, `s` in 0.5..1.5: a positive scale and a shift keep every
+/// plane's order, so the pool's inputs keep [`distinct_planes`]' margins
+/// (at least 0.05) and the finite differences of `s` and `t` check that
+/// each window's gradient reaches its argmax and only it.
+fn max_pool_case(
+    label: &str,
+    x_shape: &[usize],
+    seed: u64,
+    attrs: &[pb::AttributeProto],
+    want_hw: [usize; 2],
+) -> Errors {
+    let c = x_shape[1];
+    let x = distinct_planes(seed, x_shape);
+    let pool = |b: &mut Builder, input: &str| b.node("MaxPool", "op", &[input], attrs.to_vec());
+    let mut b = Builder::new(seed);
+    let out = pool(&mut b, "x");
+    let g = b.graph(x_shape, &out);
+    assert_eq!(
+        output_shape(&g, x_shape, &out),
+        [c, want_hw[0], want_hw[1]],
+        "{label}: output shape"
+    );
+    check(&format!("{label} (alone)"), &g, &x, &out);
+    let mut b = Builder::new(seed);
+    let s = b.uniform("pre.scale", &[1, c, 1, 1], 0.5, 1.5);
+    let scaled = b.node("Mul", "pre", &["x", &s], vec![]);
+    let t = b.randn("pre.shift", &[1, c, 1, 1], 1.0);
+    let shifted = b.node("Add", "shift", &[&scaled, &t], vec![]);
+    let out = pool(&mut b, &shifted);
+    let e = check(
+        &format!("{label} (behind a Mul and an Add)"),
+        &b.graph(x_shape, &out),
+        &x,
+        &out,
+    );
+    assert_eq!(e.elements, 2 * c);
+    e
+}
+
+#[test]
+fn max_pool_3x3_stride2_pad1_odd() {
+    // (7 + 2 − 3)/2 + 1 = 4; the border windows hold padding, which never
+    // wins (many of their pixels are negative).
+    max_pool_case(
+        "MaxPool 3×3 s2 p1 on 7×7",
+        &[2, 3, 7, 7],
+        200,
+        &[
+            attr_ints("kernel_shape", &[3, 3]),
+            attr_ints("strides", &[2, 2]),
+            attr_ints("pads", &[1, 1, 1, 1]),
+        ],
+        [4, 4],
+    );
+}
+
+#[test]
+fn max_pool_2x2_stride2() {
+    max_pool_case(
+        "MaxPool 2×2 s2 on 6×8",
+        &[2, 3, 6, 8],
+        201,
+        &[
+            attr_ints("kernel_shape", &[2, 2]),
+            attr_ints("strides", &[2, 2]),
+        ],
+        [3, 4],
+    );
+    // Odd sizes: the last row and column are never read.
+    max_pool_case(
+        "MaxPool 2×2 s2 on 7×9",
+        &[2, 2, 7, 9],
+        202,
+        &[
+            attr_ints("kernel_shape", &[2, 2]),
+            attr_ints("strides", &[2, 2]),
+        ],
+        [3, 4],
+    );
+}
+
+#[test]
+fn max_pool_ceil_mode_and_asymmetric_pads() {
+    // ceil((7 − 2)/2) + 1 = 4 rows, ceil((9 − 2)/2) + 1 = 5 columns: the
+    // last windows hang over the edge and read one row / column.
+    max_pool_case(
+        "MaxPool 2×2 s2 ceil_mode 1 on 7×9",
+        &[2, 2, 7, 9],
+        203,
+        &[
+            attr_ints("kernel_shape", &[2, 2]),
+            attr_ints("strides", &[2, 2]),
+            attr_int("ceil_mode", 1),
+        ],
+        [4, 5],
+    );
+    // ceil((6 + 1 − 3)/2) + 1 = 3, and (3 − 1)·2 < 6 + 0 keeps the third;
+    // columns: ceil((5 + 2 − 3)/2) + 1 = 3.
+    max_pool_case(
+        "MaxPool 3×3 s2 pads [0,1,1,1] ceil_mode 1 on 6×5",
+        &[2, 2, 6, 5],
+        204,
+        &[
+            attr_ints("kernel_shape", &[3, 3]),
+            attr_ints("strides", &[2, 2]),
+            attr_ints("pads", &[0, 1, 1, 1]),
+            attr_int("ceil_mode", 1),
+        ],
+        [3, 3],
+    );
+    // ceil_mode 1 where the last window would start in the padding: 4 + 1
+    // padded rows, kernel 2, stride 2: ceil(3/2) + 1 = 3, but the third
+    // window would start at padded row 4 (the padding): dropped.
+    max_pool_case(
+        "MaxPool 2×2 s2 pads [0,0,1,1] ceil_mode 1 on 4×4",
+        &[1, 2, 4, 4],
+        205,
+        &[
+            attr_ints("kernel_shape", &[2, 2]),
+            attr_ints("strides", &[2, 2]),
+            attr_ints("pads", &[0, 0, 1, 1]),
+            attr_int("ceil_mode", 1),
+        ],
+        [2, 2],
+    );
+}
+
+#[test]
+fn max_pool_ties_go_to_the_first_maximum() {
+    // As PyTorch: on ties the gradient goes to the first maximum of the
+    // window in row-major order (and only to it).
+    use edgeclr::adapt::nn::ops::pool::{MaxPool, Window};
+    use edgeclr::adapt::nn::ops::{Op, Saved};
+    let op = MaxPool {
+        window: Window {
+            kernel: [2, 2],
+            strides: [1, 1],
+            pads: [0; 4],
+            ceil: false,
+        },
+    };
+    // One 2×3 plane: windows [[1, 2], [2, 1]] and [[2, 0], [1, 2]].
+    let x = ArrayD::from_shape_vec(IxDyn(&[1, 1, 2, 3]), vec![1.0, 2.0, 0.0, 2.0, 1.0, 2.0])
+        .expect("shape");
+    let y = op.forward(&[&x], &[]);
+    assert_eq!(y.as_slice().expect("standard layout"), [2.0, 2.0]);
+    let dy = ArrayD::from_shape_vec(IxDyn(&[1, 1, 1, 2]), vec![10.0, 100.0]).expect("shape");
+    let shape = [1, 1, 2, 3];
+    let saved = Saved {
+        inputs: &[&x],
+        input_shapes: &[&shape],
+        params: &[],
+        output: &ArrayD::zeros(IxDyn(&[0])),
+        output_mask: None,
+    };
+    let dx = op.backward(&saved, dy, &[true], &mut [])[0]
+        .clone()
+        .expect("input gradient");
+    // The first window's first 2 is at (0, 1); the second window's at (0, 1)
+    // too (its 2 at (1, 2) comes later).
+    assert_eq!(
+        dx.as_slice().expect("standard layout"),
+        [0.0, 110.0, 0.0, 0.0, 0.0, 0.0]
+    );
+}
+
+fn average_pool(b: &mut Builder, x: &str, include_pad: i64) -> String {
+    b.node(
+        "AveragePool",
+        "op",
+        &[x],
+        vec![
+            attr_ints("kernel_shape", &[3, 3]),
+            attr_ints("strides", &[1, 1]),
+            attr_ints("pads", &[1, 1, 1, 1]),
+            attr_int("count_include_pad", include_pad),
+        ],
+    )
+}
+
+#[test]
+fn average_pool_3x3_stride1_pad1_count_include_pad_0() {
+    // The border windows divide by the pixels they hold (4 or 6), not 9.
+    let x_shape = [2, 4, 6, 7];
+    op_pair(
+        "AveragePool 3×3 s1 p1 exclude pad",
+        &x_shape,
+        210,
+        |b, x| average_pool(b, x, 0),
+    );
+    let mut b = Builder::new(210);
+    let out = average_pool(&mut b, "x", 0);
+    assert_eq!(
+        output_shape(&b.graph(&x_shape, &out), &x_shape, &out),
+        [4, 6, 7]
+    );
+}
+
+#[test]
+fn average_pool_3x3_stride1_pad1_count_include_pad_1() {
+    op_pair(
+        "AveragePool 3×3 s1 p1 include pad",
+        &[2, 4, 6, 7],
+        211,
+        |b, x| average_pool(b, x, 1),
+    );
+}
+
+#[test]
+fn average_pool_2x2_stride2_asymmetric_pads() {
+    // Rows: (7 + 1 − 2)/2 + 1 = 4; columns: (8 + 0 − 3)/2 + 1 = 3.
+    op_pair(
+        "AveragePool [2,3] strides [2,2] pads [1,0,0,0]",
+        &[2, 3, 7, 8],
+        212,
+        |b, x| {
+            b.node(
+                "AveragePool",
+                "op",
+                &[x],
+                vec![
+                    attr_ints("kernel_shape", &[2, 3]),
+                    attr_ints("strides", &[2, 2]),
+                    attr_ints("pads", &[1, 0, 0, 0]),
+                ],
+            )
+        },
+    );
+}
+
+// ---------------------------------------------------------------- Pad
+
+/// `Pad` (opset ≥ 11) of `x` by `pads`, with `value` as a scalar input.
+fn pad_node(b: &mut Builder, x: &str, pads: &[i64], value: f32) -> String {
+    let pads = b.ints("op.pads", pads);
+    let value = b.init("op.value", &ArrayD::from_elem(IxDyn(&[]), value));
+    b.node("Pad", "op", &[x, &pads, &value], vec![])
+}
+
+#[test]
+fn pad_constant_zero() {
+    let x_shape = [2, 3, 4, 5];
+    let pads = [0, 0, 1, 2, 0, 0, 2, 1];
+    op_pair("Pad [0,0,1,2, 0,0,2,1] value 0", &x_shape, 220, |b, x| {
+        pad_node(b, x, &pads, 0.0)
+    });
+    let mut b = Builder::new(220);
+    let out = pad_node(&mut b, "x", &pads, 0.0);
+    let imp = engine(&b.graph(&x_shape, &out), &x_shape, &out);
+    assert_eq!(imp.graph.output_shape(), [3, 7, 8]);
+    // The pads and the value are constants, not parameters.
+    assert!(imp.graph.params().is_empty());
+}
+
+#[test]
+fn pad_constant_half() {
+    op_pair(
+        "Pad [0,0,1,2, 0,0,2,1] value 0.5",
+        &[2, 3, 4, 5],
+        221,
+        |b, x| pad_node(b, x, &[0, 0, 1, 2, 0, 0, 2, 1], 0.5),
+    );
+    // The channels too, and a pad on one side only.
+    op_pair(
+        "Pad [0,1,0,0, 0,2,0,3] value 0.5",
+        &[2, 3, 4, 5],
+        222,
+        |b, x| pad_node(b, x, &[0, 1, 0, 0, 0, 2, 0, 3], 0.5),
+    );
+}
+
+#[test]
+fn pad_attributes_opset_10() {
+    // Before opset 11 pads and value are attributes. tract reads the test
+    // models at opset 13, so the engine is checked against itself with the
+    // pads as inputs (checked against tract above).
+    let x_shape = [2, 3, 4, 5];
+    let x = randn(&mut rng(223), &x_shape, 1.0);
+    let mut b = Builder::new(223);
+    let out = b.node(
+        "Pad",
+        "op",
+        &["x"],
+        vec![
+            attr_ints("pads", &[0, 0, 1, 2, 0, 0, 2, 1]),
+            attr_float("value", 0.5),
+            attr_string("mode", "constant"),
+        ],
+    );
+    let old = engine(&b.graph(&x_shape, &out), &x_shape, &out);
+    let mut b = Builder::new(223);
+    let out = pad_node(&mut b, "x", &[0, 0, 1, 2, 0, 0, 2, 1], 0.5);
+    let new = engine(&b.graph(&x_shape, &out), &x_shape, &out);
+    let (y_old, _) = old.graph.forward(&[], x.clone()).expect("forward");
+    let (y_new, _) = new.graph.forward(&[], x).expect("forward");
+    assert_eq!(y_old, y_new);
+    assert_eq!(y_old.shape(), [2, 3, 7, 8]);
+}
+
+// ---------------------------------------------------------------- Concat
+
+#[test]
+fn concat_of_two_branches_axis_1() {
+    // x → conv_a, conv_b → concat: x fans out, its gradient sums both
+    // branches (behind the prefix, the prefix's parameters see the sum).
+    let x_shape = [2, 4, 5, 6];
+    let branches = |b: &mut Builder, x: &str| {
+        let a = b.conv("conv_a", x, ConvSpec::new(4, 3, 1));
+        let c = b.conv("conv_b", x, ConvSpec::new(4, 2, 3).pad(1));
+        b.node("Concat", "op", &[&a, &c], vec![attr_int("axis", 1)])
+    };
+    op_pair("Concat axis 1 of two branches", &x_shape, 230, branches);
+    let mut b = Builder::new(230);
+    let out = branches(&mut b, "x");
+    assert_eq!(
+        output_shape(&b.graph(&x_shape, &out), &x_shape, &out),
+        [5, 5, 6]
+    );
+}
+
+#[test]
+fn concat_negative_axis() {
+    // Along the columns: widths 6 and 6 − 2.
+    let x_shape = [2, 3, 4, 6];
+    let columns = |b: &mut Builder, x: &str| {
+        let a = b.conv("conv_a", x, ConvSpec::new(3, 2, 1));
+        let c = b.conv("conv_b", x, ConvSpec::new(3, 2, 1).kernel([1, 3]));
+        b.node("Concat", "op", &[&a, &c], vec![attr_int("axis", -1)])
+    };
+    op_pair("Concat axis -1 of two branches", &x_shape, 231, columns);
+    let mut b = Builder::new(231);
+    let out = columns(&mut b, "x");
+    assert_eq!(
+        output_shape(&b.graph(&x_shape, &out), &x_shape, &out),
+        [2, 4, 10]
+    );
+    // Along the channels, counted from the end, with the op's own input and
+    // one branch used twice.
+    op_pair("Concat axis -3 of (a, x, a)", &x_shape, 232, |b, x| {
+        let a = b.conv("conv_a", x, ConvSpec::depthwise(3, 3).pad(1));
+        b.node("Concat", "op", &[&a, x, &a], vec![attr_int("axis", -3)])
+    });
+    // Rows [N, D]: axis −1 is the features.
+    op_pair("Concat axis -1 of [N, D] rows", &[3, 5], 233, |b, x| {
+        let a = b.gemm("fc_a", x, (5, 4), true, Some(&[4]));
+        let c = b.gemm("fc_b", x, (5, 2), false, None);
+        b.node("Concat", "op", &[&a, &c], vec![attr_int("axis", -1)])
+    });
+}
+
+// ---------------------------------------------------------------- what the backward keeps
+
+#[test]
+fn pool_pad_concat_keep_only_what_they_read() {
+    // With only the biases trained, the tape drops what the backward of
+    // AveragePool, Pad and Concat does not read; MaxPool keeps its input
+    // (it recomputes the argmax). The gradients are those of a full tape.
+    let x_shape = [3, 4, 7, 7];
+    let x = distinct_planes(240, &x_shape);
+    let mut b = Builder::new(240);
+    let s = b.uniform("pre.scale", &[1, 4, 1, 1], 0.5, 1.5);
+    let scaled = b.node("Mul", "pre", &["x", &s], vec![]);
+    let t = b.randn("pre.shift", &[1, 4, 1, 1], 1.0);
+    let shifted = b.node("Add", "shift", &[&scaled, &t], vec![]);
+    let max = b.node(
+        "MaxPool",
+        "max",
+        &[&shifted],
+        vec![
+            attr_ints("kernel_shape", &[3, 3]),
+            attr_ints("strides", &[2, 2]),
+            attr_ints("pads", &[1, 1, 1, 1]),
+        ],
+    );
+    let pads = b.ints("pad.pads", &[0, 0, 1, 1, 0, 0, 1, 1]);
+    let padded = b.node("Pad", "pad", &[&max, &pads], vec![]);
+    let avg = average_pool(&mut b, &padded, 0);
+    let branch = b.conv("branch", &avg, ConvSpec::new(4, 2, 1));
+    let out = b.node("Concat", "cat", &[&avg, &branch], vec![attr_int("axis", 1)]);
+    let imp = engine(&b.graph(&x_shape, &out), &x_shape, &out);
+    let graph = &imp.graph;
+    let names: Vec<&str> = graph.node_names().collect();
+    assert_eq!(names, ["pre", "shift", "max", "pad", "op", "branch", "cat"]);
+    let trainable: Vec<bool> = graph
+        .params()
+        .iter()
+        .map(|p| p.kind == ParamKind::Bias)
+        .collect();
+    let plan = graph.keep_plan(&trainable);
+    // Values: x, pre, shift, max, pad, op, branch, cat.
+    assert_eq!(
+        plan.values,
+        [false, false, true, false, false, false, false, false]
+    );
+    let refs: Vec<&ArrayD<f32>> = imp.init.iter().collect();
+    let (y, full) = graph.forward(&refs, x.clone()).expect("forward");
+    let (y_kept, kept) = graph
+        .forward_keeping(&refs, x, Some(&plan))
+        .expect("forward");
+    assert_eq!(y, y_kept);
+    let g = randn(&mut rng(241), y.shape(), 1.0);
+    let want = graph
+        .backward(&refs, &full, g.clone(), &trainable)
+        .expect("backward");
+    let got = graph
+        .backward(&refs, &kept, g, &trainable)
+        .expect("backward on the kept tape");
+    assert_eq!(got, want);
+    assert_eq!(got.iter().filter(|g| g.is_some()).count(), 2);
+}
+
+// ---------------------------------------------------------------- refusals of the pool, Pad and Concat forms
+
+#[test]
+fn refuses_unsupported_pool_pad_concat_forms() {
+    let x_shape = [1, 4, 6, 6];
+    // (node name, op, what the reason mentions)
+    type Case = (&'static str, &'static str, &'static str);
+    let mut cases: Vec<(Case, Builder, String)> = Vec::new();
+    let pool = |dilations: &[i64]| {
+        vec![
+            attr_ints("kernel_shape", &[3, 3]),
+            attr_ints("dilations", dilations),
+        ]
+    };
+    {
+        let mut b = Builder::new(250);
+        let out = b.node("MaxPool", "mp", &["x"], pool(&[2, 2]));
+        cases.push((("mp", "MaxPool", "dilations"), b, out));
+    }
+    {
+        let mut b = Builder::new(251);
+        let mut attrs = pool(&[1, 1]);
+        attrs.push(attr_int("ceil_mode", 1));
+        let out = b.node("AveragePool", "ap", &["x"], attrs);
+        cases.push((("ap", "AveragePool", "ceil_mode"), b, out));
+    }
+    {
+        let mut b = Builder::new(252);
+        let mut attrs = pool(&[1, 1]);
+        attrs.push(attr_ints("pads", &[3, 3, 3, 3]));
+        let out = b.node("MaxPool", "mp", &["x"], attrs);
+        cases.push((("mp", "MaxPool", "smaller than the kernel"), b, out));
+    }
+    {
+        let mut b = Builder::new(253);
+        let mut attrs = pool(&[1, 1]);
+        attrs.push(attr_string("auto_pad", "SAME_UPPER"));
+        let out = b.node("MaxPool", "mp", &["x"], attrs);
+        cases.push((("mp", "MaxPool", "auto_pad"), b, out));
+    }
+    {
+        let mut b = Builder::new(254);
+        let pads = b.ints("pads", &[0, 0, 1, 1, 0, 0, 1, 1]);
+        let out = b.node(
+            "Pad",
+            "pad",
+            &["x", &pads],
+            vec![attr_string("mode", "reflect")],
+        );
+        cases.push((("pad", "Pad", "reflect"), b, out));
+    }
+    {
+        let mut b = Builder::new(255);
+        let pads = b.ints("pads", &[1, 0, 0, 0, 1, 0, 0, 0]);
+        let out = b.node("Pad", "pad", &["x", &pads], vec![]);
+        cases.push((("pad", "Pad", "batch"), b, out));
+    }
+    {
+        let mut b = Builder::new(256);
+        let pads = b.ints("pads", &[0, 0, -1, 0, 0, 0, 0, 0]);
+        let out = b.node("Pad", "pad", &["x", &pads], vec![]);
+        cases.push((("pad", "Pad", "negative"), b, out));
+    }
+    {
+        let mut b = Builder::new(257);
+        let out = b.node("Concat", "cat", &["x", "x"], vec![attr_int("axis", 0)]);
+        cases.push((("cat", "Concat", "axis 0"), b, out));
+    }
+    {
+        let mut b = Builder::new(258);
+        let out = b.node("Concat", "cat", &["x", "x"], vec![attr_int("axis", -4)]);
+        cases.push((("cat", "Concat", "batch"), b, out));
+    }
+    {
+        let mut b = Builder::new(259);
+        let c = b.randn("c", &[1, 2, 6, 6], 1.0);
+        let out = b.node("Concat", "cat", &["x", &c], vec![attr_int("axis", 1)]);
+        cases.push((("cat", "Concat", "concat with a constant"), b, out));
+    }
+    {
+        let mut b = Builder::new(260);
+        let a = b.conv("a", "x", ConvSpec::new(4, 4, 1).stride(2));
+        let out = b.node("Concat", "cat", &["x", &a], vec![attr_int("axis", 1)]);
+        cases.push((("cat", "Concat", "differ"), b, out));
+    }
+    for ((name, op_type, reason), b, out) in cases {
+        let err = import(&b.graph(&x_shape, &out), "x", &x_shape[1..], &out).expect_err("refused");
+        match err {
+            NnError::Unsupported { node, op, why } => {
+                assert_eq!((node.as_str(), op.as_str()), (name, op_type), "{why}");
+                assert!(why.contains(reason), "{name}: {why}");
+            }
+            other => panic!("{name}: expected Unsupported, got {other:?}"),
+        }
+    }
 }

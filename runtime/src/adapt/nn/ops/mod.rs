@@ -11,6 +11,10 @@
 //! | `Relu`, `Clip` (constant bounds) | [`elementwise::Clamp`] | — |
 //! | `BatchNormalization` (inference form) | [`norm::BatchNorm`] | scale, shift |
 //! | `GlobalAveragePool`, `ReduceMean` over the pixels | [`pool::GlobalMean`] | — |
+//! | `MaxPool` (2-D kernel, strides, pads, `ceil_mode`; dilation 1, `storage_order` 0, no `Indices`) | [`pool::MaxPool`] | — |
+//! | `AveragePool` (2-D kernel, strides, pads, `count_include_pad`; dilation 1, `ceil_mode` 0) | [`pool::AveragePool`] | — |
+//! | `Pad` (constant mode, pads ≥ 0 as inputs or attributes, not on the batch axis) | [`shape::Pad`] | — |
+//! | `Concat` of data tensors (any axis but the batch) | [`shape::Concat`] | — |
 //! | `Flatten` (axis 1), `Reshape` that keeps the batch | [`shape::Reshape`] | — |
 //!
 //! Each op's forward is checked against tract and its backward against
@@ -110,25 +114,34 @@ pub trait Op: std::fmt::Debug + Send + Sync {
     fn keeps(&self, trainable: &[bool]) -> Keeps;
 }
 
-/// Constant tensors a node may read: initialisers that are not trained and
-/// outputs of `Constant` nodes.
+/// Constant tensors a node may read: initialisers, outputs of `Constant`
+/// nodes, and shape computations folded to constants ([`super::fold`]).
 pub struct Constants<'a> {
     pub initialisers: HashMap<&'a str, &'a pb::TensorProto>,
+    pub folded: HashMap<String, pb::TensorProto>,
 }
 
 impl Constants<'_> {
+    /// The constant tensor `name`, if it is one.
+    pub fn get(&self, name: &str) -> Option<&pb::TensorProto> {
+        self.initialisers
+            .get(name)
+            .copied()
+            .or_else(|| self.folded.get(name))
+    }
+
     /// `name` as float values with its dims, if it is a constant.
     pub fn f32(&self, name: &str) -> Option<Result<ArrayD<f32>, String>> {
-        self.initialisers.get(name).map(|t| tensor_f32(t))
+        self.get(name).map(tensor_f32)
     }
 
     /// `name` as integers, if it is a constant int64/int32 tensor.
     pub fn ints(&self, name: &str) -> Option<Result<Vec<i64>, String>> {
-        self.initialisers.get(name).map(|t| tensor_ints(t))
+        self.get(name).map(tensor_ints)
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.initialisers.contains_key(name)
+        self.get(name).is_some()
     }
 }
 
