@@ -350,3 +350,47 @@ fn exported_tail_and_adapter_match_the_in_process_model() {
     assert!(trunk_diff < 1e-4, "ort trunk: {trunk_diff}");
     assert!(diff_ort < 1e-4, "ort: {diff_ort}");
 }
+
+/// A pooled tap (`features.13`, `pool = "grid:7x7"`): the pooling is
+/// exported as ONNX nodes before the adapter, so the exported model's plain
+/// `[N, 4704]` output is the tap pooled as edgeclr pools it, then adapted.
+#[test]
+fn pooled_tap_exports_its_pooling_and_adapter() {
+    let manifest = Manifest::load(&repo("models/mobilenet_v2_f13_grid7")).unwrap();
+    let d = manifest.outputs.embedding_dim;
+    let adapter = random_adapter(31, d, 16);
+    let dir = scratch("pooled");
+    let exported = export_adapted(&manifest, &adapter, &dir, "f13-adapted").unwrap();
+    assert!(exported.outputs.pool.is_none());
+    assert_eq!(exported.outputs.embedding, "features.13_pooled");
+    assert_eq!(exported.outputs.embedding_dim, d);
+    let input = coffee();
+    let original = run_tract(&manifest, &input);
+    let adapted = run_tract(&exported, &input);
+    let expected = adapter_forward(&adapter, &original.embedding);
+    let diff = max_abs_diff(adapted.embedding.view(), expected.view());
+    say(&format!("export[pooled tap, tract]: {diff:.3e}"));
+    assert!(
+        diff < 1e-4,
+        "exported pooled tap + adapter differs by {diff}"
+    );
+    if let Some(why) = ort_unavailable() {
+        say(&format!("SKIPPED: pooled tap (ONNX Runtime part): {why}"));
+    } else {
+        let backend: Backend = "ort".parse().unwrap();
+        let ort = load_encoder(&backend, &exported, &LoadOptions::default())
+            .unwrap()
+            .run(input.view())
+            .unwrap();
+        let diff = max_abs_diff(ort.embedding.view(), expected.view());
+        say(&format!("export[pooled tap, ort]: {diff:.3e}"));
+        assert!(diff < 1e-4, "ORT: {diff}");
+    }
+    // A grid that does not divide the map has unequal bins: refused.
+    let mut odd = manifest.clone();
+    odd.outputs.pool = edgeclr::manifest::Pool::Grid(4);
+    odd.outputs.embedding_dim = 96 * 16;
+    let err =
+        export_adapted(&odd, &random_adapter(32, 96 * 16, 8), &scratch("odd"), "x").unwrap_err();
+    assert!(err.to_string().contains("divides the map"), "{err}");
+}

@@ -137,7 +137,10 @@ pub fn export_adapted(
     let mut proto = parse_proto(&manifest.onnx, &bytes)?;
     drop(bytes);
     let tail = replace_tail_initialisers(&mut proto, adapter)?;
-    append_adapter(&mut proto, &manifest.outputs.embedding, adapter)?;
+    // A pooled tap (`pool = ...`): the pooling becomes ONNX nodes, and the
+    // adapter reads their flat output.
+    let embedding = append_pooling(&mut proto, manifest)?;
+    append_adapter(&mut proto, &embedding, adapter)?;
     proto.metadata_props.extend([
         entry("edgeclr.adapted_from", &manifest.name),
         entry("edgeclr.adapted_from_sha256", &manifest.sha256),
@@ -175,6 +178,8 @@ pub fn export_adapted(
         .map_err(io(&onnx_path))?;
 
     let mut out = manifest.clone();
+    out.outputs.embedding = embedding;
+    out.outputs.pool = crate::manifest::Pool::None;
     out.name = name.to_owned();
     out.onnx = PathBuf::from(&onnx_file);
     out.sha256 = sha256_hex(&onnx_bytes);
@@ -274,6 +279,98 @@ fn entry(key: &str, value: &str) -> pb::StringStringEntryProto {
 
 /// Rewires `proto` so `embedding` is computed by the adapter on top of the
 /// renamed `<embedding>_frozen` tensor.
+/// For a manifest that pools its embedding ([`Pool`]), appends the pooling
+/// as ONNX nodes after the feature map and makes their `[N, D]` result a
+/// graph output; returns its name (`<embedding>_pooled`), or the embedding
+/// itself when nothing is pooled. A grid becomes one `AveragePool` whose
+/// windows are exactly PyTorch's adaptive bins, so only grids that divide
+/// the map are exported; others are refused.
+fn append_pooling(proto: &mut pb::ModelProto, manifest: &Manifest) -> Result<String, ExportError> {
+    use crate::manifest::Pool;
+    let embedding = &manifest.outputs.embedding;
+    let pool = manifest.outputs.pool;
+    if pool.is_none() {
+        return Ok(embedding.clone());
+    }
+    // The feature map's shape, from tract's shape inference.
+    let mut probe = proto.clone();
+    crate::backend::expose_embedding(&mut probe, manifest)?;
+    if let Some(g) = probe.graph.as_mut() {
+        g.output = vec![crate::inspect::float_output(embedding)];
+    }
+    let shape = crate::backend::infer_output_shape(&probe, &manifest.input.shape)?;
+    drop(probe);
+    let &[_, h, w] = shape.as_slice() else {
+        return Err(ExportError::Graph(format!(
+            "pools '{embedding}', whose shape {shape:?} is not [C, H, W]"
+        )));
+    };
+    let graph = proto
+        .graph
+        .as_mut()
+        .ok_or_else(|| ExportError::Graph("holds no graph".into()))?;
+    let map = format!("{embedding}_pool_map");
+    let pooled = format!("{embedding}_pooled");
+    let node =
+        |op: &str, input: &str, output: &str, attribute: Vec<pb::AttributeProto>| pb::NodeProto {
+            name: format!("edgeclr_{output}"),
+            op_type: op.into(),
+            input: vec![input.into()],
+            output: vec![output.into()],
+            attribute,
+            ..Default::default()
+        };
+    let ints = |name: &str, v: [i64; 2]| pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ints: v.to_vec(),
+        ..Default::default()
+    };
+    let flatten_axis = pb::AttributeProto {
+        name: "axis".into(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i: 1,
+        ..Default::default()
+    };
+    match pool {
+        Pool::Mean => {
+            graph
+                .node
+                .push(node("GlobalAveragePool", embedding, &map, vec![]));
+            graph
+                .node
+                .push(node("Flatten", &map, &pooled, vec![flatten_axis]));
+        }
+        Pool::Grid(g) if h % g == 0 && w % g == 0 => {
+            let k = [(h / g) as i64, (w / g) as i64];
+            graph.node.push(node(
+                "AveragePool",
+                embedding,
+                &map,
+                vec![ints("kernel_shape", k), ints("strides", k)],
+            ));
+            graph
+                .node
+                .push(node("Flatten", &map, &pooled, vec![flatten_axis]));
+        }
+        Pool::Grid(g) => {
+            return Err(ExportError::Graph(format!(
+                "pools its {h}x{w} map '{embedding}' to a {g}x{g} grid, whose bins are not all \
+                 the same size; export writes grid pooling as one AveragePool, so it needs a grid \
+                 that divides the map"
+            )))
+        }
+        Pool::Flatten => graph
+            .node
+            .push(node("Flatten", embedding, &pooled, vec![flatten_axis])),
+        Pool::None => return Ok(embedding.clone()),
+    }
+    graph
+        .output
+        .insert(0, crate::inspect::float_output(&pooled));
+    Ok(pooled)
+}
+
 fn append_adapter(
     proto: &mut pb::ModelProto,
     embedding: &str,

@@ -454,14 +454,6 @@ pub fn run(mut args: Args) -> Result<()> {
     // Training images: the first `n` of --images, then every --labelled one.
     let total = n + labelled.as_ref().map_or(0, Dataset::len);
     let manifest = args.model.manifest()?;
-    if !manifest.outputs.pool.is_none() {
-        bail!(
-            "{} pools its embedding (pool = \"{}\"): `adapt` cannot export a pooled embedding yet \
-             (the pooling is not written as ONNX nodes); adapt a manifest without `pool`",
-            manifest.name,
-            manifest.outputs.pool
-        );
-    }
     // With tail layers the backend runs the trunk (the model cut below them),
     // and the views hold the cut tensor.
     let train_tail = args.tail_choice()?;
