@@ -150,13 +150,17 @@ fn own_rss(mode: Mode, steps: usize) -> Option<f64> {
         .find_map(|l| l.strip_prefix("RSS_MB ").and_then(|v| v.parse().ok()))
 }
 
-/// The PyTorch peer's JSON line, `None` if torch is unavailable.
-fn torch_peer(mode: Mode, steps: usize, threads: usize) -> Option<serde_json::Value> {
-    let ok = Command::new("python3")
+/// Whether `python3` can import torch (the peers need it).
+fn torch_available() -> bool {
+    Command::new("python3")
         .args(["-c", "import torch"])
         .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The PyTorch peer's JSON line, `None` if torch is unavailable.
+fn torch_peer(mode: Mode, steps: usize, threads: usize) -> Option<serde_json::Value> {
+    if !torch_available() {
         return None;
     }
     let out = Command::new("python3")
@@ -436,11 +440,7 @@ fn main() {
     }
     let steps: usize = arg("--steps").and_then(|s| s.parse().ok()).unwrap_or(50);
     if std::env::args().any(|a| a == "--engine-only") {
-        let torch = Command::new("python3")
-            .args(["-c", "import torch"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        let rows = engine_rows(steps.min(20), torch);
+        let rows = engine_rows(steps.min(20), torch_available());
         let path = repo("target/bench-adapt-engine.json");
         if let Err(e) = std::fs::write(
             &path,

@@ -17,10 +17,8 @@ use std::str::FromStr;
 
 use tract_onnx::pb;
 
-use crate::backend::{infer_output_shape, ModelError};
-use crate::inspect::{
-    float_output, nearest_tensor_names, parse_proto, sha256_hex, Dim, OnnxSummary,
-};
+use crate::backend::{tensor_shape, ModelError};
+use crate::inspect::{nearest_tensor_names, parse_proto, sha256_hex, Dim, OnnxSummary};
 use crate::manifest::{
     ChannelOrder, Filter, InputSpec, Layout, Manifest, OutputSpec, Pool, PreprocessSpec,
 };
@@ -387,10 +385,9 @@ pub fn guess_manifest(onnx: &Path, options: &InitOptions) -> Result<Guess, InitE
         Layout::Nhwc => vec![h as usize, w as usize, 3],
     };
     let shape_of = |tensor: &str| -> Result<Vec<usize>, InitError> {
-        let mut probe = proto.clone();
-        let graph = probe
+        let graph = proto
             .graph
-            .as_mut()
+            .as_ref()
             .ok_or_else(|| InitError::NoImageInput("the model has no graph".into()))?;
         if !graph
             .node
@@ -403,8 +400,7 @@ pub fn guess_manifest(onnx: &Path, options: &InitOptions) -> Result<Guess, InitE
                 nearest_tensor_names(graph, tensor)
             )));
         }
-        graph.output = vec![float_output(tensor)];
-        Ok(infer_output_shape(&probe, &sample)?)
+        Ok(tensor_shape(&proto, tensor, &sample)?)
     };
     let embedding_shape = shape_of(&embedding)?;
     let pool = match (options.pool, embedding_shape.len()) {

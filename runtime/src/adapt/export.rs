@@ -293,13 +293,7 @@ fn append_pooling(proto: &mut pb::ModelProto, manifest: &Manifest) -> Result<Str
         return Ok(embedding.clone());
     }
     // The feature map's shape, from tract's shape inference.
-    let mut probe = proto.clone();
-    crate::backend::expose_embedding(&mut probe, manifest)?;
-    if let Some(g) = probe.graph.as_mut() {
-        g.output = vec![crate::inspect::float_output(embedding)];
-    }
-    let shape = crate::backend::infer_output_shape(&probe, &manifest.input.shape)?;
-    drop(probe);
+    let shape = crate::backend::tensor_shape(proto, embedding, &manifest.input.shape)?;
     let &[_, h, w] = shape.as_slice() else {
         return Err(ExportError::Graph(format!(
             "pools '{embedding}', whose shape {shape:?} is not [C, H, W]"
@@ -311,47 +305,35 @@ fn append_pooling(proto: &mut pb::ModelProto, manifest: &Manifest) -> Result<Str
         .ok_or_else(|| ExportError::Graph("holds no graph".into()))?;
     let map = format!("{embedding}_pool_map");
     let pooled = format!("{embedding}_pooled");
-    let node =
-        |op: &str, input: &str, output: &str, attribute: Vec<pb::AttributeProto>| pb::NodeProto {
-            name: format!("edgeclr_{output}"),
-            op_type: op.into(),
-            input: vec![input.into()],
-            output: vec![output.into()],
+    let step = |op: &str, input: &str, output: &str, attribute| {
+        node(
+            &format!("edgeclr_{output}"),
+            op,
+            &[input],
+            output,
             attribute,
-            ..Default::default()
-        };
-    let ints = |name: &str, v: [i64; 2]| pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attribute_proto::AttributeType::Ints as i32,
-        ints: v.to_vec(),
-        ..Default::default()
-    };
-    let flatten_axis = pb::AttributeProto {
-        name: "axis".into(),
-        r#type: pb::attribute_proto::AttributeType::Int as i32,
-        i: 1,
-        ..Default::default()
+        )
     };
     match pool {
         Pool::Mean => {
             graph
                 .node
-                .push(node("GlobalAveragePool", embedding, &map, vec![]));
+                .push(step("GlobalAveragePool", embedding, &map, vec![]));
             graph
                 .node
-                .push(node("Flatten", &map, &pooled, vec![flatten_axis]));
+                .push(step("Flatten", &map, &pooled, vec![attr_int("axis", 1)]));
         }
         Pool::Grid(g) if h % g == 0 && w % g == 0 => {
             let k = [(h / g) as i64, (w / g) as i64];
-            graph.node.push(node(
+            graph.node.push(step(
                 "AveragePool",
                 embedding,
                 &map,
-                vec![ints("kernel_shape", k), ints("strides", k)],
+                vec![attr_ints("kernel_shape", &k), attr_ints("strides", &k)],
             ));
             graph
                 .node
-                .push(node("Flatten", &map, &pooled, vec![flatten_axis]));
+                .push(step("Flatten", &map, &pooled, vec![attr_int("axis", 1)]));
         }
         Pool::Grid(g) => {
             return Err(ExportError::Graph(format!(
@@ -360,9 +342,12 @@ fn append_pooling(proto: &mut pb::ModelProto, manifest: &Manifest) -> Result<Str
                  that divides the map"
             )))
         }
-        Pool::Flatten => graph
-            .node
-            .push(node("Flatten", embedding, &pooled, vec![flatten_axis])),
+        Pool::Flatten => graph.node.push(step(
+            "Flatten",
+            embedding,
+            &pooled,
+            vec![attr_int("axis", 1)],
+        )),
         Pool::None => return Ok(embedding.clone()),
     }
     graph
@@ -523,29 +508,43 @@ fn node(
 
 /// `output = input · weightᵀ + bias`.
 fn gemm(name: &str, input: &str, weight: &str, bias: &str, output: &str) -> pb::NodeProto {
-    use pb::attribute_proto::AttributeType;
-    let float = |n: &str, f: f32| pb::AttributeProto {
-        name: n.to_owned(),
-        r#type: AttributeType::Float as i32,
-        f,
-        ..Default::default()
-    };
-    let int = |n: &str, i: i64| pb::AttributeProto {
-        name: n.to_owned(),
-        r#type: AttributeType::Int as i32,
-        i,
-        ..Default::default()
-    };
     node(
         name,
         "Gemm",
         &[input, weight, bias],
         output,
         vec![
-            float("alpha", 1.0),
-            float("beta", 1.0),
-            int("transA", 0),
-            int("transB", 1),
+            attr_float("alpha", 1.0),
+            attr_float("beta", 1.0),
+            attr_int("transA", 0),
+            attr_int("transB", 1),
         ],
     )
+}
+
+fn attr_float(name: &str, f: f32) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.to_owned(),
+        r#type: pb::attribute_proto::AttributeType::Float as i32,
+        f,
+        ..Default::default()
+    }
+}
+
+fn attr_int(name: &str, i: i64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.to_owned(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i,
+        ..Default::default()
+    }
+}
+
+fn attr_ints(name: &str, ints: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.to_owned(),
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ints: ints.to_vec(),
+        ..Default::default()
+    }
 }

@@ -433,11 +433,7 @@ pub fn forward(
 /// 224 px would hold hundreds of MiB of activations for nothing).
 pub fn embed(spec: &TailSpec, p: &Params, x: ArrayView2<f32>) -> Result<Array2<f32>> {
     let params = spec.bind(p)?;
-    let n = spec.keep.values.len();
-    let nothing = nn::graph::KeepPlan {
-        values: vec![false; n],
-        masks: vec![None; n],
-    };
+    let nothing = nn::graph::KeepPlan::nothing(spec.keep.values.len());
     let (y, _) = spec
         .graph
         .forward_rows_keeping(&params, x, spec.threads, Some(&nothing))?;

@@ -16,7 +16,9 @@ use ndarray::{Array2, ArrayView4};
 
 #[cfg(feature = "ort")]
 pub use self::ort::OrtEncoder;
-pub use self::tract::{in_guarded_tract_call, infer_output_shape, tract_panic_error, TractEncoder};
+pub use self::tract::{
+    in_guarded_tract_call, infer_output_shape, tensor_shape, tract_panic_error, TractEncoder,
+};
 use crate::manifest::Manifest;
 
 /// Errors raised while loading or running a model.

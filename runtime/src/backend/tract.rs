@@ -426,6 +426,35 @@ pub fn infer_output_shape(
     catch_tract_panic(|| infer_output_shape_unguarded(proto, sample_shape))
 }
 
+/// The shape of one sample of any tensor `tensor` of `proto` (an inner one
+/// too): the graph with that tensor as its only output, through
+/// [`infer_output_shape`]. A name no node computes is an error that lists
+/// the nearest tensor names.
+pub fn tensor_shape(
+    proto: &tract_onnx::pb::ModelProto,
+    tensor: &str,
+    sample_shape: &[usize],
+) -> Result<Vec<usize>, ModelError> {
+    let mut probe = proto.clone();
+    let graph = probe
+        .graph
+        .as_mut()
+        .ok_or_else(|| ModelError::ManifestMismatch("the model holds no graph".into()))?;
+    let computed = graph
+        .node
+        .iter()
+        .any(|n| n.output.iter().any(|o| o == tensor))
+        || graph.output.iter().any(|o| o.name == tensor);
+    if !computed {
+        return Err(ModelError::ManifestMismatch(format!(
+            "'{tensor}' is no tensor of the graph (nearest names: {})",
+            crate::inspect::nearest_tensor_names(graph, tensor)
+        )));
+    }
+    graph.output = vec![crate::inspect::float_output(tensor)];
+    infer_output_shape(&probe, sample_shape)
+}
+
 fn infer_output_shape_unguarded(
     proto: &tract_onnx::pb::ModelProto,
     sample_shape: &[usize],

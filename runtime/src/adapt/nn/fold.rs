@@ -13,7 +13,7 @@
 
 use tract_onnx::pb;
 
-use super::ops::{tensor_f32, tensor_ints};
+use super::ops::{attr, tensor_f32, tensor_ints};
 
 /// The batch axis's size inside folded integer tensors.
 pub const BATCH: i64 = i64::MIN + 1;
@@ -88,8 +88,10 @@ impl Value {
     }
 }
 
-fn attr<'a>(node: &'a pb::NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
-    node.attribute.iter().find(|a| a.name == name)
+/// A `Shape`/`Slice` bound: negative counts from the end, then clamped
+/// into `0..=len`, as ONNX says.
+fn clamp_index(v: i64, len: i64) -> usize {
+    (if v < 0 { v + len } else { v }).clamp(0, len) as usize
 }
 
 fn norm_axis(axis: i64, rank: usize) -> Result<usize, String> {
@@ -160,9 +162,8 @@ pub fn fold<'c>(
         let mut dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
         dims[0] = BATCH;
         let rank = dims.len() as i64;
-        let clamp = |v: i64| (if v < 0 { v + rank } else { v }).clamp(0, rank) as usize;
-        let start = clamp(attr(node, "start").map_or(0, |a| a.i));
-        let end = clamp(attr(node, "end").map_or(rank, |a| a.i));
+        let start = clamp_index(attr(node, "start").map_or(0, |a| a.i), rank);
+        let end = clamp_index(attr(node, "end").map_or(rank, |a| a.i), rank);
         let dims = dims[start..end.max(start)].to_vec();
         let n = dims.len();
         return Ok(Some(Value::Ints(dims, vec![n]).into_proto(out)));
@@ -290,8 +291,7 @@ pub fn fold<'c>(
             if step != 1 {
                 return Err(format!("slices with step {step}"));
             }
-            let clamp = |x: i64| (if x < 0 { x + n } else { x }).clamp(0, n) as usize;
-            let (s, e) = (clamp(first(1, 0)?), clamp(first(2, n)?));
+            let (s, e) = (clamp_index(first(1, 0)?, n), clamp_index(first(2, n)?, n));
             let out = v[s..e.max(s)].to_vec();
             let len = out.len();
             Value::Ints(out, vec![len])

@@ -69,6 +69,16 @@ pub struct KeepPlan {
     pub masks: Vec<Option<(f32, f32)>>,
 }
 
+impl KeepPlan {
+    /// Keep nothing: an inference forward, no backward to follow.
+    pub fn nothing(values: usize) -> Self {
+        KeepPlan {
+            values: vec![false; values],
+            masks: vec![None; values],
+        }
+    }
+}
+
 /// The values of a batched forward, one tape per chunk.
 #[derive(Debug, Clone)]
 pub struct BatchTape {
@@ -138,10 +148,13 @@ impl Graph {
         self.forward_keeping(params, x, None)
     }
 
-    /// Which values the backward reads when the parameters flagged in
-    /// `trainable` train ([`super::ops::Op::keeps`]).
-    pub fn kept_values(&self, trainable: &[bool]) -> Vec<bool> {
-        let mut keep = vec![false; self.nodes.len() + 1];
+    /// What the backward reads when the parameters flagged in `trainable`
+    /// train ([`super::ops::Op::keeps`]), for [`Graph::forward_keeping`]: a
+    /// value is kept in full if any op reads it in full, else as a mask if
+    /// its producer asks for one.
+    pub fn keep_plan(&self, trainable: &[bool]) -> KeepPlan {
+        let mut values = vec![false; self.nodes.len() + 1];
+        let mut masks = vec![None; self.nodes.len() + 1];
         for (i, node) in self.nodes.iter().enumerate() {
             let own: Vec<bool> = node
                 .params
@@ -150,49 +163,27 @@ impl Graph {
                 .collect();
             let k = node.op.keeps(&own);
             for (&v, &needed) in node.inputs.iter().zip(&k.inputs) {
-                keep[v] |= needed;
+                values[v] |= needed;
             }
-            keep[i + 1] |= k.output;
+            values[i + 1] |= k.output;
+            masks[i + 1] = k.output_mask;
         }
-        keep
-    }
-
-    /// The bounds of values the backward reads only as a mask (and not in
-    /// full), by value id.
-    pub fn masked_values(&self, trainable: &[bool]) -> Vec<Option<(f32, f32)>> {
-        let keep = self.kept_values(trainable);
-        let mut masks = vec![None; self.nodes.len() + 1];
-        for (i, node) in self.nodes.iter().enumerate() {
-            let own: Vec<bool> = node
-                .params
-                .iter()
-                .map(|&p| trainable.get(p).copied().unwrap_or(true))
-                .collect();
-            if let Some(bounds) = node.op.keeps(&own).output_mask {
-                if !keep[i + 1] {
-                    masks[i + 1] = Some(bounds);
-                }
+        // A value kept in full needs no mask beside it.
+        for (m, &full) in masks.iter_mut().zip(&values) {
+            if full {
+                *m = None;
             }
         }
-        masks
-    }
-
-    /// What the backward needs when the parameters flagged in `trainable`
-    /// train, for [`Graph::forward_keeping`].
-    pub fn keep_plan(&self, trainable: &[bool]) -> KeepPlan {
-        KeepPlan {
-            values: self.kept_values(trainable),
-            masks: self.masked_values(trainable),
-        }
+        KeepPlan { values, masks }
     }
 
     /// Bytes per sample of the values the backward keeps for `trainable`
     /// (all values: [`Graph::activation_bytes_per_sample`]).
     pub fn kept_bytes_per_sample(&self, trainable: &[bool]) -> usize {
-        let masks = self.masked_values(trainable);
-        self.kept_values(trainable)
+        let plan = self.keep_plan(trainable);
+        plan.values
             .iter()
-            .zip(&masks)
+            .zip(&plan.masks)
             .zip(&self.value_shapes)
             .map(|((&k, m), s)| {
                 let n = s.iter().product::<usize>();

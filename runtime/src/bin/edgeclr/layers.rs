@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use edgeclr::adapt::trainer::Precision;
-use edgeclr::backend::{infer_output_shape, load_encoder};
+use edgeclr::backend::{load_encoder, tensor_shape};
 use edgeclr::data::Dataset;
 use edgeclr::embed::{embed_dataset, EmbedOptions};
 use edgeclr::manifest::Pool;
@@ -147,11 +147,7 @@ pub fn run(args: Args) -> Result<()> {
     for tensor in &tensors {
         let reference = tensor == &base.outputs.embedding;
         let mut manifest = base.clone();
-        let mut probe = proto.clone();
-        if let Some(g) = probe.graph.as_mut() {
-            g.output = vec![edgeclr::inspect::float_output(tensor)];
-        }
-        let shape = infer_output_shape(&probe, &base.input.shape)
+        let shape = tensor_shape(&proto, tensor, &base.input.shape)
             .with_context(|| format!("the shape of '{tensor}'"))?;
         manifest.outputs.embedding = tensor.clone();
         let spatial = shape.len() == 3;

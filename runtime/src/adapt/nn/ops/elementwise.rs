@@ -199,11 +199,7 @@ impl Op for AddBias {
     }
 
     fn keeps(&self, _: &[bool]) -> Keeps {
-        Keeps {
-            inputs: vec![false],
-            output: false,
-            output_mask: None,
-        }
+        Keeps::inputs(vec![false])
     }
 
     fn param_kinds(&self) -> Vec<ParamKind> {
@@ -243,11 +239,7 @@ impl Op for AddData {
     }
 
     fn keeps(&self, _: &[bool]) -> Keeps {
-        Keeps {
-            inputs: vec![false, false],
-            output: false,
-            output_mask: None,
-        }
+        Keeps::inputs(vec![false, false])
     }
 
     fn param_kinds(&self) -> Vec<ParamKind> {
@@ -279,11 +271,7 @@ impl Op for MulScale {
     }
 
     fn keeps(&self, trainable: &[bool]) -> Keeps {
-        Keeps {
-            inputs: vec![trainable[0]],
-            output: false,
-            output_mask: None,
-        }
+        Keeps::inputs(vec![trainable[0]])
     }
 
     fn param_kinds(&self) -> Vec<ParamKind> {

@@ -149,11 +149,7 @@ impl Op for Linear {
     }
 
     fn keeps(&self, trainable: &[bool]) -> Keeps {
-        Keeps {
-            inputs: vec![trainable[0]],
-            output: false,
-            output_mask: None,
-        }
+        Keeps::inputs(vec![trainable[0]])
     }
 
     fn param_kinds(&self) -> Vec<ParamKind> {

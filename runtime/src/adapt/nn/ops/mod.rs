@@ -78,6 +78,17 @@ pub struct Keeps {
     pub output_mask: Option<(f32, f32)>,
 }
 
+impl Keeps {
+    /// The inputs flagged (one per data input), nothing of the output.
+    pub fn inputs(inputs: Vec<bool>) -> Self {
+        Keeps {
+            inputs,
+            output: false,
+            output_mask: None,
+        }
+    }
+}
+
 /// One differentiable op with its constant attributes baked in.
 ///
 /// Shapes are checked once, by [`Op::output_shape`], when the graph is
@@ -212,7 +223,7 @@ pub struct Parsed {
     pub params: Vec<usize>,
 }
 
-fn attr<'a>(node: &'a pb::NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
+pub(crate) fn attr<'a>(node: &'a pb::NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
     node.attribute.iter().find(|a| a.name == name)
 }
 

@@ -98,11 +98,7 @@ impl Op for GlobalMean {
     }
 
     fn keeps(&self, _: &[bool]) -> Keeps {
-        Keeps {
-            inputs: vec![false],
-            output: false,
-            output_mask: None,
-        }
+        Keeps::inputs(vec![false])
     }
 
     fn param_kinds(&self) -> Vec<ParamKind> {
@@ -377,11 +373,7 @@ impl Op for MaxPool {
 
     fn keeps(&self, _: &[bool]) -> Keeps {
         // The argmax is recomputed from the input.
-        Keeps {
-            inputs: vec![true],
-            output: false,
-            output_mask: None,
-        }
+        Keeps::inputs(vec![true])
     }
 
     fn param_kinds(&self) -> Vec<ParamKind> {
@@ -451,11 +443,7 @@ impl Op for AveragePool {
     }
 
     fn keeps(&self, _: &[bool]) -> Keeps {
-        Keeps {
-            inputs: vec![false],
-            output: false,
-            output_mask: None,
-        }
+        Keeps::inputs(vec![false])
     }
 
     fn param_kinds(&self) -> Vec<ParamKind> {

@@ -143,11 +143,7 @@ impl Op for Reshape {
     }
 
     fn keeps(&self, _: &[bool]) -> Keeps {
-        Keeps {
-            inputs: vec![false],
-            output: false,
-            output_mask: None,
-        }
+        Keeps::inputs(vec![false])
     }
 
     fn param_kinds(&self) -> Vec<ParamKind> {
@@ -333,11 +329,7 @@ impl Op for Pad {
     }
 
     fn keeps(&self, _: &[bool]) -> Keeps {
-        Keeps {
-            inputs: vec![false],
-            output: false,
-            output_mask: None,
-        }
+        Keeps::inputs(vec![false])
     }
 
     fn param_kinds(&self) -> Vec<ParamKind> {
@@ -482,11 +474,7 @@ impl Op for Concat {
     }
 
     fn keeps(&self, _: &[bool]) -> Keeps {
-        Keeps {
-            inputs: vec![false; self.inputs],
-            output: false,
-            output_mask: None,
-        }
+        Keeps::inputs(vec![false; self.inputs])
     }
 
     fn param_kinds(&self) -> Vec<ParamKind> {
