@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Duration;
 
+use crate::display::{DisplaySpec, Layout};
+use crate::source::{CaptureOptions, FrameSource, SourceError, SourceSpec};
 use anyhow::{Context, Result};
 use edgeclr::backend::{load_encoder, Backend};
-use edgeclr::display::{DisplaySpec, Layout};
-use edgeclr::source::{CaptureOptions, FrameSource, SourceError, SourceSpec};
 use edgeclr::{Encoder, LoadOptions, Manifest};
 use image::RgbImage;
 

@@ -2,8 +2,8 @@
 
 use std::time::Instant;
 
+use crate::display::{render, DisplaySink, Layout, ScreenState};
 use anyhow::{Context, Result};
-use edgeclr::display::{render, DisplaySink, Layout, ScreenState};
 
 use crate::CommonArgs;
 

@@ -159,7 +159,6 @@ pub mod augment;
 pub mod backend;
 pub mod blocks;
 pub mod data;
-pub mod display;
 pub mod embed;
 pub mod error;
 pub mod inspect;
@@ -170,7 +169,6 @@ pub mod plot;
 pub mod preprocess;
 pub mod probe;
 pub mod rss;
-pub mod source;
 pub mod store;
 
 /// The source tree this crate was built from (`.cargo/config.toml` sets it).

@@ -4,7 +4,6 @@
 
 mod common;
 
-mod adapt_diag;
 mod adapt_layers;
 mod adapt_tail;
 mod augment;

@@ -10,9 +10,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Parser;
-use edgeclr::display::ScreenState;
 use edgeclr::Preprocessor;
 use edgeclr_examples::cli::next_frame;
+use edgeclr_examples::display::ScreenState;
 use edgeclr_examples::{CommonArgs, FpsMeter, Head, Screen};
 
 /// Live top-k classification of camera frames, drawn on a small screen.

@@ -20,11 +20,11 @@ use std::sync::mpsc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use edgeclr::display::ScreenState;
 use edgeclr::embed::embed_images;
 use edgeclr::probe::KnnHead;
 use edgeclr::Preprocessor;
 use edgeclr_examples::cli::next_frame;
+use edgeclr_examples::display::ScreenState;
 use edgeclr_examples::heads::knn_top;
 use edgeclr_examples::{CommonArgs, FpsMeter, Screen};
 

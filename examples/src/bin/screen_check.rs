@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use edgeclr::display::{label_matches, Layout, RgbCanvas};
+use edgeclr_examples::display::{label_matches, Layout, RgbCanvas};
 
 #[derive(Debug, Parser)]
 #[command(

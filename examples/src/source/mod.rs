@@ -31,7 +31,7 @@ pub enum SourceError {
     #[error("unknown source '{0}' (expected synthetic, folder:DIR, idx:PATH or v4l2:/dev/videoN)")]
     BadSpec(String),
     #[error(transparent)]
-    Data(#[from] crate::data::DataError),
+    Data(#[from] edgeclr::data::DataError),
     #[error("{path}: no images match")]
     NoMatch { path: PathBuf },
     /// The camera cannot be opened or configured (missing device, no permission,

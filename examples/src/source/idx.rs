@@ -6,7 +6,7 @@ use std::path::Path;
 use image::RgbImage;
 
 use super::{FrameSource, SourceError};
-use crate::data::Dataset;
+use edgeclr::data::Dataset;
 
 /// Loops over the images of an IDX file or IDX directory (its `train` split).
 #[derive(Debug)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use image::RgbImage;
 
 use super::{FrameSource, SourceError};
-use crate::data::{decode_image, DataError, DecodeLimits, ImageFolder};
+use edgeclr::data::{decode_image, DataError, DecodeLimits, ImageFolder};
 
 /// Loops over image files in sorted order.
 #[derive(Debug)]

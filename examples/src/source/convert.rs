@@ -7,7 +7,7 @@ use std::path::Path;
 use image::RgbImage;
 
 use super::SourceError;
-use crate::data::{decode_image_bytes, DecodeLimits};
+use edgeclr::data::{decode_image_bytes, DecodeLimits};
 
 fn clamp_u8(v: i32) -> u8 {
     v.clamp(0, 255) as u8
