@@ -27,6 +27,8 @@ pub enum Error {
     Checkpoint(#[from] crate::adapt::checkpoint::CheckpointError),
     #[error(transparent)]
     Export(#[from] crate::adapt::export::ExportError),
+    #[error(transparent)]
+    Resume(#[from] crate::adapt::resume::ResumeError),
 }
 
 /// `Result` with edgeclr's [`Error`].

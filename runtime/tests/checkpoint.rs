@@ -286,3 +286,89 @@ fn foreign_safetensors_files_are_clear_errors() {
     );
     assert!(err.to_string().contains("F64"), "{err}");
 }
+
+/// The one resume policy (adapt::resume): same model, and the settings a
+/// caller states must be the checkpoint's; none stated adopts them.
+#[test]
+fn resume_policy_names_every_differing_setting() {
+    use edgeclr::adapt::resume::{self, ResumeError};
+    use edgeclr::adapt::trainer::{AdaptConfig, Trainer};
+    let dir = scratch("resume-policy");
+    let manifest = Manifest::load(&repo("models/mobilenet_v2/manifest.toml")).unwrap();
+    let saved = AdaptConfig {
+        loss: "supcon:tau=0.1".into(),
+        bank_size: 64,
+        batch_size: 8,
+        anchor: 0.01,
+        ..AdaptConfig::default()
+    };
+    let trainer = Trainer::new(saved.clone(), manifest.outputs.embedding_dim, 4).unwrap();
+    let path = dir.join("checkpoint.safetensors");
+    trainer
+        .checkpoint(&manifest, &saved, 1)
+        .unwrap()
+        .save(&path)
+        .unwrap();
+
+    // No settings stated: the checkpoint's are the run's.
+    let adopted = resume::open(&path, &manifest, None).unwrap();
+    assert_eq!(adopted.config, saved);
+    // The same settings: accepted, and the trainer restores from it.
+    let same = resume::open(&path, &manifest, Some(&saved)).unwrap();
+    let mut restored = Trainer::new(same.config, manifest.outputs.embedding_dim, 4).unwrap();
+    restored.restore_from(&same.checkpoint).unwrap();
+    assert_eq!(restored.params, trainer.params);
+
+    // Other settings: refused, each difference named with both values,
+    // including settings stored only when not at their default (anchor set
+    // there, train_tail set here).
+    let other = AdaptConfig {
+        lr: 0.01,
+        anchor: 0.0,
+        train_tail: Some("auto".into()),
+        ..saved.clone()
+    };
+    let err = resume::open(&path, &manifest, Some(&other)).unwrap_err();
+    let ResumeError::SettingsDiffer { differences, .. } = &err else {
+        panic!("expected SettingsDiffer, got {err}");
+    };
+    let named: Vec<&str> = differences.iter().map(|d| d.setting.as_str()).collect();
+    assert_eq!(named, ["anchor", "lr", "train_tail"], "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("lr is 0.001 there, 0.01 here"),
+        "{message}"
+    );
+    assert!(
+        message.contains("train_tail is (default) there, \"auto\" here"),
+        "{message}"
+    );
+
+    // Another model's checkpoint: refused whatever the settings.
+    let mut wrong = manifest.clone();
+    wrong.sha256 = "0".repeat(64);
+    assert!(matches!(
+        resume::open(&path, &wrong, None),
+        Err(ResumeError::Checkpoint(CheckpointError::WrongModel { .. }))
+    ));
+    // No checkpoint at all: an I/O error naming the file, never a fresh run.
+    let missing = resume::open(&dir.join("none.safetensors"), &manifest, Some(&saved));
+    assert!(
+        matches!(
+            missing,
+            Err(ResumeError::Checkpoint(CheckpointError::Io { .. }))
+        ),
+        "{missing:?}"
+    );
+    // Settings from an unknown edgeclr (an extra field) are unreadable, not
+    // silently dropped.
+    let mut foreign = Checkpoint::load(&path).unwrap();
+    foreign.config_json = foreign
+        .config_json
+        .replacen('{', "{\"future_setting\":1,", 1);
+    let foreign_path = dir.join("foreign.safetensors");
+    foreign.save(&foreign_path).unwrap();
+    let err = resume::open(&foreign_path, &manifest, None).unwrap_err();
+    assert!(matches!(err, ResumeError::UnreadableConfig { .. }), "{err}");
+    assert!(err.to_string().contains("future_setting"), "{err}");
+}

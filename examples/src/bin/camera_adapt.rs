@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use edgeclr::adapt::checkpoint::Checkpoint;
+use edgeclr::adapt::resume;
 use edgeclr::adapt::trainer::{AdaptConfig, TrainError, Trainer};
 use edgeclr::adapt::Params;
 use edgeclr::augment::{AugmentConfig, Augmenter};
@@ -341,7 +341,9 @@ impl Live {
     }
 }
 
-/// A fresh trainer, or the one in `checkpoint` when resuming.
+/// A fresh trainer, or the one in `checkpoint` when resuming (the library's
+/// one resume policy: the checkpoint must be this model's, trained with the
+/// settings these flags give; a difference is refused, naming each setting).
 fn build_trainer(
     cfg: AdaptConfig,
     dim: usize,
@@ -349,18 +351,17 @@ fn build_trainer(
     resume: bool,
     manifest: &Manifest,
 ) -> Result<Trainer> {
-    let mut trainer = Trainer::new(cfg, dim, 1)?;
-    if resume && checkpoint.exists() {
-        let ckpt = Checkpoint::load(checkpoint)?;
-        ckpt.check_model(manifest)?;
-        trainer.restore_from(&ckpt)?;
-        trainer.step = ckpt.step;
-        eprintln!(
-            "resumed from {} at step {}",
-            checkpoint.display(),
-            ckpt.step
-        );
+    if !resume {
+        return Ok(Trainer::new(cfg, dim, 1)?);
     }
+    let ckpt = resume::open(checkpoint, manifest, Some(&cfg))?.checkpoint;
+    let mut trainer = Trainer::new(cfg, dim, 1)?;
+    trainer.restore_from(&ckpt)?;
+    eprintln!(
+        "resumed from {} at step {}",
+        checkpoint.display(),
+        ckpt.step
+    );
     Ok(trainer)
 }
 

@@ -143,7 +143,7 @@ extern "C" {
  * the defaults of `edgeclr adapt`) is a JSON object overriding any of the
  * keys `loss`, `epochs`, `batch_size`, `lr`, `optimizer`, `weight_decay`,
  * `warmup_epochs`, `bottleneck`, `head_hidden`, `head_out`, `bank_size`,
- * `momentum`, `seed`, e.g. `{"loss": "align-uniform", "bank_size": 0}`.
+ * `momentum`, `seed`, `anchor`, e.g. `{"loss": "align-uniform", "bank_size": 0}`.
  * `steps_per_epoch` sets the learning-rate schedule's length
  * (`epochs * steps_per_epoch` steps).
  *
@@ -158,9 +158,10 @@ enum EdgeclrStatus edgeclr_trainer_new(struct EdgeclrModel model,
 
 /**
  * Resumes a run from a checkpoint (written by [`edgeclr_trainer_save`] or
- * `edgeclr adapt`) made for `model` (checked by the ONNX file's sha256).
- * Pass the `steps_per_epoch` the run was created with, so the schedule
- * continues where it was.
+ * `edgeclr adapt`) made for `model` (checked by the ONNX file's sha256),
+ * under the settings the checkpoint stores. Pass the `steps_per_epoch` the
+ * run was created with, so the schedule continues where it was. Same as
+ * [`edgeclr_trainer_resume`] with a NULL `config_json`.
  *
  * # Safety
  * `path` is NULL or a NUL-terminated string; `out` is NULL or points to a
@@ -170,6 +171,26 @@ enum EdgeclrStatus edgeclr_trainer_load(struct EdgeclrModel model,
                                         const char *path,
                                         size_t steps_per_epoch,
                                         struct EdgeclrTrainer *out);
+
+/**
+ * Resumes a run from a checkpoint under edgeclr's one resume policy (the
+ * CLI's `--resume` and `camera-adapt --resume` follow it too): the
+ * checkpoint must be `model`'s, and its stored settings are the run's. With
+ * `config_json` (the same keys as [`edgeclr_trainer_new`]), the settings it
+ * gives must be the checkpoint's: a difference fails with
+ * `EDGECLR_STATUS_CHECKPOINT`, and the last error names every differing
+ * setting. NULL states none.
+ *
+ * # Safety
+ * `path` is NULL or a NUL-terminated string; `config_json` is NULL or a
+ * NUL-terminated string; `out` is NULL or points to a writable
+ * `EdgeclrTrainer`.
+ */
+enum EdgeclrStatus edgeclr_trainer_resume(struct EdgeclrModel model,
+                                          const char *path,
+                                          const char *config_json,
+                                          size_t steps_per_epoch,
+                                          struct EdgeclrTrainer *out);
 
 /**
  * Writes the run's full state (parameters, EMA copy, optimiser, memory

@@ -17,7 +17,7 @@ use super::args::{
 use super::model::{manifest_of, EdgeclrModel};
 use super::registry;
 use super::status::{guard, EdgeclrStatus, FfiError};
-use edgeclr::adapt::checkpoint::Checkpoint;
+use edgeclr::adapt::resume;
 use edgeclr::adapt::trainer::{AdaptConfig, Trainer};
 use edgeclr::Manifest;
 
@@ -57,7 +57,8 @@ fn invalid(message: impl Into<String>) -> FfiError {
 }
 
 /// [`AdaptConfig::default`] with the keys of `json` (an object) replacing
-/// the defaults; an unknown key is an error, so typos do not go unnoticed.
+/// the defaults; an unknown key is an error that lists the known ones
+/// (`AdaptConfig` refuses unknown fields), so typos do not go unnoticed.
 fn config_from_json(json: Option<&str>) -> Result<AdaptConfig, FfiError> {
     let Some(json) = json else {
         return Ok(AdaptConfig::default());
@@ -68,18 +69,9 @@ fn config_from_json(json: Option<&str>) -> Result<AdaptConfig, FfiError> {
     let (Some(fields), Some(overrides)) = (config.as_object_mut(), overrides.as_object()) else {
         return Err(invalid("config_json must be a JSON object"));
     };
-    for (key, value) in overrides {
-        match fields.get_mut(key) {
-            Some(slot) => *slot = value.clone(),
-            None => {
-                let known: Vec<&str> = fields.keys().map(String::as_str).collect();
-                return Err(invalid(format!(
-                    "config_json: unknown key {key:?} (known: {})",
-                    known.join(", ")
-                )));
-            }
-        }
-    }
+    // Settings stored only when set (`anchor`, `train_tail`, ...) are absent
+    // from the defaults' object but are keys all the same.
+    fields.extend(overrides.clone());
     serde_json::from_value(config).map_err(bad)
 }
 
@@ -106,7 +98,7 @@ fn new_state(
 /// the defaults of `edgeclr adapt`) is a JSON object overriding any of the
 /// keys `loss`, `epochs`, `batch_size`, `lr`, `optimizer`, `weight_decay`,
 /// `warmup_epochs`, `bottleneck`, `head_hidden`, `head_out`, `bank_size`,
-/// `momentum`, `seed`, e.g. `{"loss": "align-uniform", "bank_size": 0}`.
+/// `momentum`, `seed`, `anchor`, e.g. `{"loss": "align-uniform", "bank_size": 0}`.
 /// `steps_per_epoch` sets the learning-rate schedule's length
 /// (`epochs * steps_per_epoch` steps).
 ///
@@ -134,9 +126,10 @@ pub unsafe extern "C" fn edgeclr_trainer_new(
 }
 
 /// Resumes a run from a checkpoint (written by [`edgeclr_trainer_save`] or
-/// `edgeclr adapt`) made for `model` (checked by the ONNX file's sha256).
-/// Pass the `steps_per_epoch` the run was created with, so the schedule
-/// continues where it was.
+/// `edgeclr adapt`) made for `model` (checked by the ONNX file's sha256),
+/// under the settings the checkpoint stores. Pass the `steps_per_epoch` the
+/// run was created with, so the schedule continues where it was. Same as
+/// [`edgeclr_trainer_resume`] with a NULL `config_json`.
 ///
 /// # Safety
 /// `path` is NULL or a NUL-terminated string; `out` is NULL or points to a
@@ -148,21 +141,41 @@ pub unsafe extern "C" fn edgeclr_trainer_load(
     steps_per_epoch: usize,
     out: *mut EdgeclrTrainer,
 ) -> EdgeclrStatus {
+    // SAFETY: forwarded contract (a NULL config states no settings).
+    unsafe { edgeclr_trainer_resume(model, path, std::ptr::null(), steps_per_epoch, out) }
+}
+
+/// Resumes a run from a checkpoint under edgeclr's one resume policy (the
+/// CLI's `--resume` and `camera-adapt --resume` follow it too): the
+/// checkpoint must be `model`'s, and its stored settings are the run's. With
+/// `config_json` (the same keys as [`edgeclr_trainer_new`]), the settings it
+/// gives must be the checkpoint's: a difference fails with
+/// `EDGECLR_STATUS_CHECKPOINT`, and the last error names every differing
+/// setting. NULL states none.
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string; `config_json` is NULL or a
+/// NUL-terminated string; `out` is NULL or points to a writable
+/// `EdgeclrTrainer`.
+#[no_mangle]
+pub unsafe extern "C" fn edgeclr_trainer_resume(
+    model: EdgeclrModel,
+    path: *const c_char,
+    config_json: *const c_char,
+    steps_per_epoch: usize,
+    out: *mut EdgeclrTrainer,
+) -> EdgeclrStatus {
     guard(|| {
         // SAFETY: forwarded contract.
         let out = unsafe { out_arg(out, "out") }?;
         // SAFETY: forwarded contract.
         let path = unsafe { str_arg(path, "path") }?;
-        let ckpt = Checkpoint::load(Path::new(path))?;
-        ckpt.check_model(&manifest_of(model)?)?;
-        let config: AdaptConfig = serde_json::from_str(&ckpt.config_json).map_err(|e| {
-            FfiError::new(
-                EdgeclrStatus::Checkpoint,
-                format!("checkpoint {path}: unreadable config: {e}"),
-            )
-        })?;
-        let mut state = new_state(model, config, steps_per_epoch)?;
-        state.trainer.restore_from(&ckpt)?;
+        // SAFETY: forwarded contract.
+        let json = unsafe { opt_str_arg(config_json, "config_json") }?;
+        let requested = json.map(|j| config_from_json(Some(j))).transpose()?;
+        let run = resume::open(Path::new(path), &manifest_of(model)?, requested.as_ref())?;
+        let mut state = new_state(model, run.config, steps_per_epoch)?;
+        state.trainer.restore_from(&run.checkpoint)?;
         *out = EdgeclrTrainer {
             id: registry::insert(KIND, state),
         };

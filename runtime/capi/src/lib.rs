@@ -52,7 +52,8 @@ mod status;
 
 pub use adapt::{
     edgeclr_trainer_adapt, edgeclr_trainer_free, edgeclr_trainer_load, edgeclr_trainer_new,
-    edgeclr_trainer_save, edgeclr_trainer_step, EdgeclrStepReport, EdgeclrTrainer,
+    edgeclr_trainer_resume, edgeclr_trainer_save, edgeclr_trainer_step, EdgeclrStepReport,
+    EdgeclrTrainer,
 };
 pub use heads::{
     edgeclr_knn_class_name, edgeclr_knn_enroll, edgeclr_knn_forget, edgeclr_knn_free,

@@ -114,6 +114,10 @@ impl From<edgeclr::Error> for FfiError {
                 EdgeclrStatus::Io
             }
             E::Checkpoint(_) => EdgeclrStatus::Checkpoint,
+            E::Resume(edgeclr::adapt::resume::ResumeError::Checkpoint(
+                edgeclr::adapt::checkpoint::CheckpointError::Io { .. },
+            )) => EdgeclrStatus::Io,
+            E::Resume(_) => EdgeclrStatus::Checkpoint,
         };
         Self::new(status, e.to_string())
     }
@@ -145,7 +149,8 @@ via_crate_error!(
     edgeclr::preprocess::PreprocessError,
     edgeclr::probe::ProbeError,
     edgeclr::adapt::trainer::TrainError,
-    edgeclr::adapt::checkpoint::CheckpointError
+    edgeclr::adapt::checkpoint::CheckpointError,
+    edgeclr::adapt::resume::ResumeError
 );
 
 thread_local! {

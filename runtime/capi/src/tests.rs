@@ -393,6 +393,36 @@ fn model_embed_and_adapt_through_the_abi() {
     };
     assert_eq!(status, EdgeclrStatus::Ok);
     assert_eq!(adapted, again);
+    // The one resume policy (edgeclr::adapt::resume, as `edgeclr adapt
+    // --resume` and `camera-adapt --resume`): stated settings must be the
+    // checkpoint's; a difference is refused naming each one.
+    let other = cstr(r#"{"loss": "infonce:tau=0.2", "bank_size": 0, "batch_size": 4, "lr": 0.01}"#);
+    let mut refused = EdgeclrTrainer { id: 0 };
+    let status =
+        unsafe { edgeclr_trainer_resume(model, ckpt.as_ptr(), other.as_ptr(), 2, &mut refused) };
+    assert_eq!(status, EdgeclrStatus::Checkpoint);
+    assert!(
+        last_error_string().contains("lr is 0.001 there, 0.01 here"),
+        "{}",
+        last_error_string()
+    );
+    assert_eq!(refused.id, 0);
+    let mut stated = EdgeclrTrainer { id: 0 };
+    let status =
+        unsafe { edgeclr_trainer_resume(model, ckpt.as_ptr(), config.as_ptr(), 2, &mut stated) };
+    assert_eq!(status, EdgeclrStatus::Ok, "{}", last_error_string());
+    let missing = cstr(dir.join("none.safetensors").to_str().expect("utf-8"));
+    let status = unsafe {
+        edgeclr_trainer_resume(model, missing.as_ptr(), config.as_ptr(), 2, &mut refused)
+    };
+    assert_eq!(status, EdgeclrStatus::Io, "{}", last_error_string());
+    assert_eq!(edgeclr_trainer_free(stated), EdgeclrStatus::Ok);
+    // A key stored only when set (anchor) is a key all the same.
+    let anchored = cstr(r#"{"anchor": 0.01, "bank_size": 0}"#);
+    let mut t = EdgeclrTrainer { id: 0 };
+    let status = unsafe { edgeclr_trainer_new(model, anchored.as_ptr(), 1, &mut t) };
+    assert_eq!(status, EdgeclrStatus::Ok, "{}", last_error_string());
+    assert_eq!(edgeclr_trainer_free(t), EdgeclrStatus::Ok);
     // A model handle where a trainer is expected.
     assert_eq!(
         edgeclr_trainer_free(EdgeclrTrainer { id: model.id }),

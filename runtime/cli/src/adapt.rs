@@ -592,24 +592,9 @@ pub fn run(mut args: Args) -> Result<()> {
     }
     let mut first_epoch = 0;
     if args.resume {
-        let ckpt = Checkpoint::load(&ckpt_path)?;
-        ckpt.check_model(&manifest)?;
-        let saved: AdaptConfig =
-            serde_json::from_str(&ckpt.config_json).context("reading the checkpoint's config")?;
-        if saved.train_tail != config.train_tail {
-            bail!(
-                "{} was trained with --train-tail {}, this run has {}; pass the same --train-tail to resume",
-                ckpt_path.display(),
-                saved.train_tail.as_deref().unwrap_or("(none)"),
-                config.train_tail.as_deref().unwrap_or("(none)")
-            );
-        }
-        if saved != config {
-            bail!(
-                "--resume with different settings than the checkpoint's ({}); pass the same flags",
-                ckpt_path.display()
-            );
-        }
+        // The library's one resume policy: same model, same settings (a
+        // difference is refused, naming each setting).
+        let ckpt = edgeclr::adapt::resume::open(&ckpt_path, &manifest, Some(&config))?.checkpoint;
         trainer.restore_from(&ckpt)?;
         first_epoch = ckpt.epoch as usize;
         trim_log(&log_path, first_epoch)?;

@@ -5,3 +5,4 @@
 mod common;
 
 mod adapt_diag;
+mod resume;

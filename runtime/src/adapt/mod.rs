@@ -18,6 +18,7 @@ pub mod loss;
 pub mod nn;
 pub mod optim;
 pub mod params;
+pub mod resume;
 pub mod tail;
 pub mod trainer;
 

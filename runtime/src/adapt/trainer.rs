@@ -50,7 +50,10 @@ pub enum TrainError {
 }
 
 /// Everything that defines a run; stored in checkpoints so a resume is exact.
+/// Unknown fields are refused (a C caller's typo in a key, a checkpoint from
+/// a newer edgeclr with settings this one does not know).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdaptConfig {
     /// Objective, e.g. `infonce`, `infonce:tau=0.2`, `align-uniform`, `spectral`.
     pub loss: String,
