@@ -8,7 +8,8 @@ mod common;
 
 use std::path::Path;
 
-use edgeclr::inspect::{parse_proto, sha256_hex, OnnxSummary};
+use edgeclr::inspect::OnnxSummary;
+use edgeclr::onnx::{parse_proto, sha256_hex};
 use edgeclr::{LoadOptions, Manifest, TractEncoder};
 use libfuzzer_sys::fuzz_target;
 

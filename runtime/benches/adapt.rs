@@ -286,7 +286,7 @@ impl ScopeCase {
 
     fn spec(&self) -> (TailSpec, Params) {
         let manifest = Manifest::load(&repo("models/mobilenet_v2")).expect("models/mobilenet_v2");
-        let proto = edgeclr::inspect::parse_proto(
+        let proto = edgeclr::onnx::parse_proto(
             &manifest.onnx,
             &std::fs::read(&manifest.onnx).expect("the shipped model"),
         )

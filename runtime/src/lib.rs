@@ -165,6 +165,7 @@ pub mod inspect;
 pub mod manifest;
 pub mod metrics;
 pub mod model_init;
+pub mod onnx;
 pub mod plot;
 pub mod preprocess;
 pub mod probe;

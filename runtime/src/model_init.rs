@@ -18,10 +18,11 @@ use std::str::FromStr;
 use tract_onnx::pb;
 
 use crate::backend::{tensor_shape, ModelError};
-use crate::inspect::{nearest_tensor_names, parse_proto, sha256_hex, Dim, OnnxSummary};
+use crate::inspect::{Dim, OnnxSummary};
 use crate::manifest::{
     ChannelOrder, Filter, InputSpec, Layout, Manifest, OutputSpec, Pool, PreprocessSpec,
 };
+use crate::onnx::{nearest_tensor_names, parse_proto, sha256_hex};
 
 /// Why a manifest could not be guessed. Each says what was found and what
 /// to pass instead.
@@ -185,7 +186,7 @@ pub fn guess_manifest(onnx: &Path, options: &InitOptions) -> Result<Guess, InitE
         source,
     })?;
     let sha256 = sha256_hex(&bytes);
-    let proto = parse_proto(onnx, &bytes)?;
+    let proto = parse_proto(onnx, &bytes).map_err(ModelError::from)?;
     drop(bytes);
     let summary = OnnxSummary::from_proto(&proto);
     let mut notes = Vec::new();

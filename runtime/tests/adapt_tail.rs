@@ -7,10 +7,10 @@ use std::path::PathBuf;
 
 use crate::common::repo;
 use edgeclr::adapt::layers::{adapter_forward, mlp_forward};
-use edgeclr::adapt::tail::{self, trunk_model, ParamScope, TailChoice, TailError, TailSpec};
+use edgeclr::adapt::tail::{self, ParamScope, TailChoice, TailError, TailSpec};
 use edgeclr::adapt::trainer::{AdaptConfig, Precision, Trainer, ViewCache};
 use edgeclr::adapt::Params;
-use edgeclr::inspect::parse_proto;
+use edgeclr::onnx::parse_proto;
 use edgeclr::Manifest;
 use ndarray::{Array2, ArrayView2};
 use rand::{Rng, SeedableRng};
@@ -96,7 +96,7 @@ fn the_walk_finds_the_tail_and_its_weights() {
     assert_eq!((auto.cut.as_str(), auto.channels), ("flat", 5));
 
     // The trunk keeps only what computes the cut tensor.
-    let trunk = trunk_model(&tiny_proto(), "trunk").unwrap();
+    let trunk = edgeclr::onnx::cut_at(&tiny_proto(), "trunk").unwrap();
     let graph = trunk.graph.unwrap();
     assert_eq!(graph.node.len(), 1);
     assert_eq!(graph.output.len(), 1);

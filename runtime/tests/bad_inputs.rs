@@ -49,7 +49,8 @@ fn decode(name: &str) -> Result<image::RgbImage, DataError> {
 
 fn summarize(name: &str) -> Result<edgeclr::inspect::OnnxSummary, ModelError> {
     let bytes = std::fs::read(bad(name)).expect("corpus file");
-    edgeclr::inspect::summarize(&bad(name), &bytes)
+    // Through ModelError, as a backend reports it (the kinds are the same).
+    edgeclr::inspect::summarize(&bad(name), &bytes).map_err(ModelError::from)
 }
 
 /// One broken input: the file (or files) it reads, whether it declares a huge

@@ -3,7 +3,7 @@
 //! come out, in order, and nothing from inside a block.
 
 use edgeclr::blocks::block_outputs;
-use edgeclr::inspect::parse_proto;
+use edgeclr::onnx::parse_proto;
 use edgeclr::Manifest;
 
 use crate::common::repo;

@@ -4,9 +4,9 @@
 
 use crate::common::{max_abs_diff, repo};
 use edgeclr::data::{decode_image, DecodeLimits};
-use edgeclr::inspect::parse_proto;
 use edgeclr::manifest::{Layout, Pool};
 use edgeclr::model_init::{guess_manifest, manifest_toml, InitError, InitOptions, Preset};
+use edgeclr::onnx::parse_proto;
 use edgeclr::{Encoder, LoadOptions, Manifest, Preprocessor, TractEncoder};
 use prost::Message;
 use tract_onnx::pb;

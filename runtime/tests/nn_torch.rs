@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::common::{max_abs_diff, read_npy_f32, repo, test_data};
 use edgeclr::adapt::nn::{self, ParamKind};
 use edgeclr::adapt::tail::{self, ParamScope, TailChoice, TailSpec, TAIL_PREFIX};
-use edgeclr::inspect::parse_proto;
+use edgeclr::onnx::parse_proto;
 use edgeclr::Manifest;
 use ndarray::{ArrayD, Axis, Ix2, Slice};
 use serde::Deserialize;

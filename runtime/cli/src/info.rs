@@ -28,7 +28,7 @@ pub fn run(args: Args) -> Result<()> {
         onnx.display(),
         bytes.len() as f64 / 1e6
     );
-    println!("sha256:      {}", edgeclr::inspect::sha256_hex(&bytes));
+    println!("sha256:      {}", edgeclr::onnx::sha256_hex(&bytes));
     print_summary(&summary);
     match &manifest {
         Ok(m) => {

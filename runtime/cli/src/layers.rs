@@ -100,7 +100,7 @@ pub fn run(args: Args) -> Result<()> {
     let base = args.model.manifest()?;
     let bytes =
         std::fs::read(&base.onnx).with_context(|| format!("reading {}", base.onnx.display()))?;
-    let proto = edgeclr::inspect::parse_proto(&base.onnx, &bytes)?;
+    let proto = edgeclr::onnx::parse_proto(&base.onnx, &bytes)?;
     let graph = proto.graph.as_ref().context("the model has no graph")?;
     let found = edgeclr::blocks::block_outputs(graph, &base.outputs.embedding);
     if found.is_empty() {

@@ -34,14 +34,13 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ndarray::ArrayD;
 use prost::Message;
 use tract_onnx::pb;
 
 use super::params::{Params, ParamsError};
-use crate::backend::{read_verified, ModelError};
-use crate::inspect::{parse_proto, sha256_hex};
+use crate::backend::ModelError;
 use crate::manifest::{Manifest, ManifestError, MANIFEST_FILE};
+use crate::onnx::{sha256_hex, OnnxError};
 
 /// Names of the adapter parameters, as in [`Params`]' table.
 pub const DOWN_WEIGHT: &str = "adapter.down.weight";
@@ -54,6 +53,8 @@ pub const UP_BIAS: &str = "adapter.up.bias";
 pub enum ExportError {
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error("cannot export: {0}")]
+    Onnx(#[from] OnnxError),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error("adapter: {0}")]
@@ -133,9 +134,8 @@ pub fn export_adapted(
     let d = manifest.outputs.embedding_dim;
     let r = adapter_rank(adapter, d)?;
 
-    let bytes = read_verified(manifest)?;
-    let mut proto = parse_proto(&manifest.onnx, &bytes)?;
-    drop(bytes);
+    // Read errors are the model's (as when a backend loads it).
+    let mut proto = crate::onnx::load_verified(manifest).map_err(ModelError::from)?;
     let tail = replace_tail_initialisers(&mut proto, adapter)?;
     // A pooled tap (`pool = ...`): the pooling becomes ONNX nodes, and the
     // adapter reads their flat output.
@@ -234,38 +234,13 @@ fn replace_tail_initialisers(
     proto: &mut pb::ModelProto,
     params: &Params,
 ) -> Result<Vec<String>, ExportError> {
-    let graph = proto
-        .graph
-        .as_mut()
-        .ok_or_else(|| ExportError::Graph("holds no graph".into()))?;
+    let graph = crate::onnx::graph_mut(proto)?;
     let mut replaced = Vec::new();
     for (name, value) in params.iter() {
-        let Some(original) = name.strip_prefix(super::tail::TAIL_PREFIX) else {
-            continue;
-        };
-        let init = graph
-            .initializer
-            .iter_mut()
-            .find(|t| t.name == original)
-            .ok_or_else(|| {
-                ExportError::Graph(format!(
-                    "has no initialiser '{original}' for the trained tail tensor '{name}'"
-                ))
-            })?;
-        let dims: Vec<i64> = value.shape().iter().map(|&d| d as i64).collect();
-        if init.dims != dims || init.data_type != pb::tensor_proto::DataType::Float as i32 {
-            return Err(ParamsError::Shape {
-                name: name.to_owned(),
-                got: value.shape().to_vec(),
-                expected: init.dims.iter().map(|&d| d.max(0) as usize).collect(),
-            }
-            .into());
+        if let Some(original) = name.strip_prefix(super::tail::TAIL_PREFIX) {
+            crate::onnx::replace_initializer(graph, original, value)?;
+            replaced.push(original.to_owned());
         }
-        if value.iter().any(|v| !v.is_finite()) {
-            return Err(ParamsError::NonFinite(name.to_owned()).into());
-        }
-        *init = f32_initializer(original, value);
-        replaced.push(original.to_owned());
     }
     Ok(replaced)
 }
@@ -350,9 +325,7 @@ fn append_pooling(proto: &mut pb::ModelProto, manifest: &Manifest) -> Result<Str
         )),
         Pool::None => return Ok(embedding.clone()),
     }
-    graph
-        .output
-        .insert(0, crate::inspect::float_output(&pooled));
+    graph.output.insert(0, crate::onnx::float_output(&pooled));
     Ok(pooled)
 }
 
@@ -443,7 +416,7 @@ fn append_adapter(
     for name in [DOWN_WEIGHT, DOWN_BIAS, UP_WEIGHT, UP_BIAS] {
         graph
             .initializer
-            .push(f32_initializer(name, adapter.get(name)?));
+            .push(crate::onnx::f32_initializer(name, adapter.get(name)?));
     }
     graph.node.extend([
         gemm(
@@ -476,17 +449,6 @@ fn append_adapter(
         ),
     ]);
     Ok(())
-}
-
-fn f32_initializer(name: &str, array: &ArrayD<f32>) -> pb::TensorProto {
-    pb::TensorProto {
-        name: name.to_owned(),
-        dims: array.shape().iter().map(|&d| d as i64).collect(),
-        data_type: pb::tensor_proto::DataType::Float as i32,
-        // Logical (row-major) order, little endian, as ONNX raw_data requires.
-        raw_data: array.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ..Default::default()
-    }
 }
 
 fn node(

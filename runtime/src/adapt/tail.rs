@@ -49,6 +49,8 @@ pub enum TailError {
     Params(#[from] ParamsError),
     #[error("cannot find the shape of the cut tensor: {0}")]
     Model(Box<crate::backend::ModelError>),
+    #[error(transparent)]
+    Onnx(#[from] crate::onnx::OnnxError),
 }
 
 impl From<NnError> for TailError {
@@ -282,7 +284,7 @@ impl TailSpec {
                  frozen trunk; choose a later node"
             )));
         }
-        let trunk = trunk_model(proto, &cut)?;
+        let trunk = crate::onnx::cut_at(proto, &cut)?;
         let cut_shape = crate::backend::infer_output_shape(&trunk, sample_shape)
             .map_err(|e| TailError::Model(Box::new(e)))?;
         drop(trunk);
@@ -374,34 +376,6 @@ impl TailSpec {
     }
 }
 
-/// `model` with its graph cut at `cut`: the only output is `cut`, and the
-/// nodes and initialisers it does not need are dropped. Any ONNX runtime runs
-/// it as the frozen trunk.
-pub fn trunk_model(proto: &pb::ModelProto, cut: &str) -> Result<pb::ModelProto> {
-    let mut out = proto.clone();
-    let graph = out
-        .graph
-        .as_mut()
-        .ok_or_else(|| TailError::Graph("the model holds no graph".into()))?;
-    let mut needed: HashSet<String> = HashSet::from([cut.to_owned()]);
-    let mut keep = vec![false; graph.node.len()];
-    for (i, node) in graph.node.iter().enumerate().rev() {
-        if node.output.iter().any(|o| needed.contains(o)) {
-            keep[i] = true;
-            needed.extend(node.input.iter().filter(|s| !s.is_empty()).cloned());
-        }
-    }
-    if !keep.iter().any(|&k| k) {
-        return Err(TailError::Graph(format!("no node computes '{cut}'")));
-    }
-    let mut k = keep.iter();
-    graph.node.retain(|_| *k.next().unwrap_or(&false));
-    graph.initializer.retain(|t| needed.contains(&t.name));
-    graph.value_info.retain(|v| needed.contains(&v.name));
-    graph.output = vec![crate::inspect::float_output(cut)];
-    Ok(out)
-}
-
 /// What [`backward`] needs from [`forward`]: every value of the pass.
 #[derive(Debug, Clone)]
 pub struct TailCache {
@@ -468,6 +442,8 @@ pub enum TrunkError {
     Tail(#[from] TailError),
     #[error(transparent)]
     Model(#[from] crate::backend::ModelError),
+    #[error(transparent)]
+    Onnx(#[from] crate::onnx::OnnxError),
     #[error("cannot write {path}: {source}")]
     Io {
         path: std::path::PathBuf,
@@ -481,8 +457,7 @@ pub fn load_tail(
     choice: &TailChoice,
     scope: ParamScope,
 ) -> Result<(TailSpec, Params), TrunkError> {
-    let bytes = crate::backend::read_verified(manifest)?;
-    let proto = crate::inspect::parse_proto(&manifest.onnx, &bytes)?;
+    let proto = crate::onnx::load_verified(manifest)?;
     Ok(TailSpec::from_model(
         &proto,
         &manifest.outputs.embedding,
@@ -502,10 +477,8 @@ pub fn write_trunk(
 ) -> Result<crate::Manifest, TrunkError> {
     use prost::Message;
     use std::io::Write;
-    let bytes = crate::backend::read_verified(manifest)?;
-    let proto = crate::inspect::parse_proto(&manifest.onnx, &bytes)?;
-    drop(bytes);
-    let trunk = trunk_model(&proto, &spec.cut)?;
+    let proto = crate::onnx::load_verified(manifest)?;
+    let trunk = crate::onnx::cut_at(&proto, &spec.cut)?;
     drop(proto);
     // Found by TailSpec::from_model with this manifest's input shape.
     let shape = &spec.cut_shape;
@@ -520,7 +493,7 @@ pub fn write_trunk(
     let mut out = manifest.clone();
     out.name = format!("{}-trunk", manifest.name);
     out.onnx = path;
-    out.sha256 = crate::inspect::sha256_hex(&trunk_bytes);
+    out.sha256 = crate::onnx::sha256_hex(&trunk_bytes);
     out.description = Some(format!(
         "{} cut at '{}' (the frozen trunk below its trainable tail)",
         manifest.name, spec.cut

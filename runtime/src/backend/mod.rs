@@ -69,6 +69,29 @@ pub enum ModelError {
     },
 }
 
+/// Reading and rewriting the file ([`crate::onnx`]) fails with the same
+/// kinds a backend reports: I/O, checksum, not ONNX; a graph that lacks a
+/// tensor the manifest names does not match its manifest.
+impl From<crate::onnx::OnnxError> for ModelError {
+    fn from(e: crate::onnx::OnnxError) -> Self {
+        use crate::onnx::OnnxError as O;
+        match e {
+            O::Io { path, source } => ModelError::Io { path, source },
+            O::Checksum {
+                path,
+                expected,
+                actual,
+            } => ModelError::Checksum {
+                path,
+                expected,
+                actual,
+            },
+            O::NotOnnx { path, message } => ModelError::NotOnnx { path, message },
+            other => ModelError::ManifestMismatch(other.to_string()),
+        }
+    }
+}
+
 /// What one batch through the encoder produces.
 #[derive(Debug, Clone)]
 pub struct EncoderOutput {
@@ -216,54 +239,6 @@ pub fn load_encoder(
                     .into(),
         }),
     }
-}
-
-/// Reads a model file and checks it against the manifest's sha256.
-pub(crate) fn read_verified(manifest: &Manifest) -> Result<Vec<u8>, ModelError> {
-    let path = &manifest.onnx;
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let actual = crate::inspect::sha256_hex(&bytes);
-    if !actual.eq_ignore_ascii_case(&manifest.sha256) {
-        return Err(ModelError::Checksum {
-            path: path.clone(),
-            expected: manifest.sha256.clone(),
-            actual,
-        });
-    }
-    Ok(bytes)
-}
-
-/// Makes the manifest's embedding a graph output when it names a tensor
-/// inside the graph (a classifier's penultimate layer, an earlier block):
-/// ONNX Runtime only returns graph outputs, and tract's output selection
-/// reads them too. Returns whether `proto` changed. A name no node
-/// computes is an error that lists the nearest tensor names.
-pub(crate) fn expose_embedding(
-    proto: &mut tract_onnx::pb::ModelProto,
-    manifest: &Manifest,
-) -> Result<bool, ModelError> {
-    let name = &manifest.outputs.embedding;
-    let Some(graph) = proto.graph.as_mut() else {
-        return Ok(false);
-    };
-    if graph.output.iter().any(|o| &o.name == name) {
-        return Ok(false);
-    }
-    if !graph
-        .node
-        .iter()
-        .any(|n| n.output.iter().any(|o| o == name))
-    {
-        return Err(ModelError::ManifestMismatch(format!(
-            "manifest output '{name}' is no tensor of the graph (nearest names: {})",
-            crate::inspect::nearest_tensor_names(graph, name)
-        )));
-    }
-    graph.output.insert(0, crate::inspect::float_output(name));
-    Ok(true)
 }
 
 /// The embedding of a batch: the raw output pooled as the manifest says

@@ -29,11 +29,12 @@ use ndarray::ArrayView4;
 
 use super::tract::check_against_manifest;
 use super::{
-    check_output, embedding_output, expose_embedding, read_verified, Encoder, EncoderOutput,
-    ExecutionProvider, LoadOptions, ModelError, OrtOptions,
+    check_output, embedding_output, Encoder, EncoderOutput, ExecutionProvider, LoadOptions,
+    ModelError, OrtOptions,
 };
-use crate::inspect::{parse_proto, OnnxSummary};
+use crate::inspect::OnnxSummary;
 use crate::manifest::Manifest;
+use crate::onnx::{expose_output, parse_proto, read_verified};
 
 const BACKEND: &str = "ort";
 
@@ -280,7 +281,7 @@ impl OrtEncoder {
     ) -> Result<Self, ModelError> {
         let mut bytes = read_verified(manifest)?;
         let mut proto = parse_proto(&manifest.onnx, &bytes)?;
-        if expose_embedding(&mut proto, manifest)? {
+        if expose_output(&mut proto, &manifest.outputs.embedding)? {
             bytes = prost::Message::encode_to_vec(&proto);
         }
         check_against_manifest(&OnnxSummary::from_proto(&proto), manifest)?;

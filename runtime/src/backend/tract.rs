@@ -10,12 +10,10 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::unimpl::UnimplementedOp;
 use tract_onnx::tract_core::runtime::RunOptions;
 
-use super::{
-    check_output, embedding_output, expose_embedding, read_verified, Encoder, EncoderOutput,
-    LoadOptions, ModelError,
-};
-use crate::inspect::{parse_proto, Dim, OnnxSummary};
+use super::{check_output, embedding_output, Encoder, EncoderOutput, LoadOptions, ModelError};
+use crate::inspect::{Dim, OnnxSummary};
 use crate::manifest::Manifest;
+use crate::onnx::{expose_output, parse_proto, read_verified};
 
 const BACKEND: &str = "tract";
 
@@ -143,7 +141,7 @@ impl TractEncoder {
         let bytes = read_verified(manifest)?;
         let mut proto = parse_proto(&manifest.onnx, &bytes)?;
         drop(bytes);
-        expose_embedding(&mut proto, manifest)?;
+        expose_output(&mut proto, &manifest.outputs.embedding)?;
         check_against_manifest(&OnnxSummary::from_proto(&proto), manifest)?;
 
         let mut model = tract_onnx::onnx()
@@ -436,22 +434,7 @@ pub fn tensor_shape(
     sample_shape: &[usize],
 ) -> Result<Vec<usize>, ModelError> {
     let mut probe = proto.clone();
-    let graph = probe
-        .graph
-        .as_mut()
-        .ok_or_else(|| ModelError::ManifestMismatch("the model holds no graph".into()))?;
-    let computed = graph
-        .node
-        .iter()
-        .any(|n| n.output.iter().any(|o| o == tensor))
-        || graph.output.iter().any(|o| o.name == tensor);
-    if !computed {
-        return Err(ModelError::ManifestMismatch(format!(
-            "'{tensor}' is no tensor of the graph (nearest names: {})",
-            crate::inspect::nearest_tensor_names(graph, tensor)
-        )));
-    }
-    graph.output = vec![crate::inspect::float_output(tensor)];
+    crate::onnx::only_output(&mut probe, tensor)?;
     infer_output_shape(&probe, sample_shape)
 }
 
