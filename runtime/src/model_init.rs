@@ -22,7 +22,7 @@ use crate::inspect::{Dim, OnnxSummary};
 use crate::manifest::{
     ChannelOrder, Filter, InputSpec, Layout, Manifest, OutputSpec, Pool, PreprocessSpec,
 };
-use crate::onnx::{nearest_tensor_names, parse_proto, sha256_hex};
+use crate::onnx::{parse_proto, sha256_hex};
 
 /// Why a manifest could not be guessed. Each says what was found and what
 /// to pass instead.
@@ -390,17 +390,8 @@ pub fn guess_manifest(onnx: &Path, options: &InitOptions) -> Result<Guess, InitE
             .graph
             .as_ref()
             .ok_or_else(|| InitError::NoImageInput("the model has no graph".into()))?;
-        if !graph
-            .node
-            .iter()
-            .any(|n| n.output.iter().any(|o| o == tensor))
-            && !graph.output.iter().any(|o| o.name == tensor)
-        {
-            return Err(InitError::Question(format!(
-                "no tensor '{tensor}' in the graph (nearest names: {})",
-                nearest_tensor_names(graph, tensor)
-            )));
-        }
+        crate::onnx::require_tensor(graph, tensor)
+            .map_err(|e| InitError::Question(e.to_string()))?;
         Ok(tensor_shape(&proto, tensor, &sample)?)
     };
     let embedding_shape = shape_of(&embedding)?;
