@@ -29,6 +29,8 @@ pub enum Error {
     Export(#[from] crate::adapt::export::ExportError),
     #[error(transparent)]
     Resume(#[from] crate::adapt::resume::ResumeError),
+    #[error(transparent)]
+    Views(#[from] crate::adapt::views::ViewError),
 }
 
 /// `Result` with edgeclr's [`Error`].

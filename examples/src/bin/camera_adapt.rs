@@ -23,8 +23,8 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use edgeclr::adapt::resume;
 use edgeclr::adapt::trainer::{AdaptConfig, TrainError, Trainer};
+use edgeclr::adapt::views::ViewMaker;
 use edgeclr::adapt::Params;
-use edgeclr::augment::{AugmentConfig, Augmenter};
 use edgeclr::data::Dataset;
 use edgeclr::embed::{embed_dataset, embed_images, EmbedOptions};
 use edgeclr::metrics::Diagnostics;
@@ -126,8 +126,7 @@ fn config(args: &Args) -> AdaptConfig {
 struct TrainerThread {
     trainer: Trainer,
     encoder: Box<dyn Encoder>,
-    preprocessor: Preprocessor,
-    augmenter: Augmenter,
+    views: ViewMaker,
     manifest: Manifest,
     checkpoint: PathBuf,
     checkpoint_every: u64,
@@ -151,14 +150,8 @@ impl TrainerThread {
     fn step(&mut self, frames: &VecDeque<RgbImage>) -> Result<FromTrainer> {
         let batch = self.trainer.config.batch_size.min(frames.len());
         let picks = rand::seq::index::sample(&mut self.rng, frames.len(), batch);
-        let mut v1 = Vec::with_capacity(batch);
-        let mut v2 = Vec::with_capacity(batch);
-        for i in picks.iter() {
-            v1.push(self.augmenter.view(&frames[i]));
-            v2.push(self.augmenter.view(&frames[i]));
-        }
-        let x1 = embed_images(&mut *self.encoder, &self.preprocessor, &v1)?.embedding;
-        let x2 = embed_images(&mut *self.encoder, &self.preprocessor, &v2)?.embedding;
+        let picked: Vec<&RgbImage> = picks.iter().map(|i| &frames[i]).collect();
+        let (x1, x2) = self.views.pairs(&mut *self.encoder, &picked)?;
         let report = match self.trainer.train_step(x1.view(), x2.view()) {
             Ok(r) => r,
             Err(e @ TrainError::NonFinite { .. }) => {
@@ -394,14 +387,7 @@ fn main() -> Result<()> {
         None => (None, Some(Head::load(&manifest, None, None)?)),
     };
 
-    let [h, w] = manifest.preprocess.crop;
-    let augmenter = Augmenter::new(
-        AugmentConfig {
-            out_size: (w, h),
-            ..AugmentConfig::default()
-        },
-        args.seed,
-    )?;
+    let views = ViewMaker::new(&manifest, args.seed)?;
     let train_encoder = c.load_encoder(&manifest, true)?;
     let (to_trainer, trainer_rx): (SyncSender<ToTrainer>, _) =
         mpsc::sync_channel(args.buffer.max(2));
@@ -433,8 +419,7 @@ fn main() -> Result<()> {
         TrainerThread {
             trainer,
             encoder: train_encoder,
-            preprocessor: Preprocessor::new(&worker_manifest),
-            augmenter,
+            views,
             manifest: worker_manifest,
             checkpoint: worker_checkpoint,
             checkpoint_every,

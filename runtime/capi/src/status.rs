@@ -109,7 +109,7 @@ impl From<edgeclr::Error> for FfiError {
             E::Manifest(_) | E::Model(_) | E::Preprocess(_) | E::Export(_) => EdgeclrStatus::Model,
             E::Data(_) | E::Store(_) => EdgeclrStatus::Io,
             E::Probe(p) => return p_status(p, e.to_string()),
-            E::Metrics(_) | E::Augment(_) | E::Train(_) => EdgeclrStatus::Train,
+            E::Metrics(_) | E::Augment(_) | E::Train(_) | E::Views(_) => EdgeclrStatus::Train,
             E::Checkpoint(edgeclr::adapt::checkpoint::CheckpointError::Io { .. }) => {
                 EdgeclrStatus::Io
             }

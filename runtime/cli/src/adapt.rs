@@ -11,16 +11,14 @@ use edgeclr::adapt::budget::RunShape;
 use edgeclr::adapt::checkpoint::Checkpoint;
 use edgeclr::adapt::export::export_adapted;
 use edgeclr::adapt::tail::{load_tail, write_trunk, ParamScope, TailChoice, TailSpec};
-use edgeclr::adapt::trainer::{
-    AdaptConfig, Precision, TrainError, Trainer, ViewCache, ViewCacheBuilder,
-};
-use edgeclr::augment::{AugmentConfig, Augmenter};
+use edgeclr::adapt::trainer::{AdaptConfig, TrainError, Trainer};
+use edgeclr::adapt::views::{Precision, ViewCache, ViewMaker};
 use edgeclr::backend::load_encoder;
 use edgeclr::data::{find_duplicates, Dataset};
-use edgeclr::embed::{embed_dataset, embed_images, EmbedOptions};
+use edgeclr::embed::{embed_dataset, EmbedOptions};
 use edgeclr::metrics::Diagnostics;
 use edgeclr::probe::{KnnHead, LinearProbe, LinearProbeConfig};
-use edgeclr::{Encoder, LoadOptions, Preprocessor};
+use edgeclr::{Encoder, LoadOptions};
 use ndarray::Array2;
 use serde::Serialize;
 
@@ -320,47 +318,8 @@ fn check_duplicates(data: &Dataset, n: usize) -> Result<()> {
     Ok(())
 }
 
-/// Draws augmented views and runs them through the frozen trunk.
-struct ViewMaker {
-    preprocessor: Preprocessor,
-    config: AugmentConfig,
-    augmenter: Augmenter,
-}
-
-impl ViewMaker {
-    fn new(manifest: &edgeclr::Manifest, seed: u64) -> Result<Self> {
-        let [h, w] = manifest.preprocess.crop;
-        let config = AugmentConfig {
-            out_size: (w, h),
-            ..AugmentConfig::default()
-        };
-        Ok(Self {
-            preprocessor: Preprocessor::new(manifest),
-            augmenter: Augmenter::new(config.clone(), seed)?,
-            config,
-        })
-    }
-
-    /// Restarts the augmentation stream at `seed` (streaming mode reseeds
-    /// every epoch so a resumed run draws the same views).
-    fn reseed(&mut self, seed: u64) -> Result<()> {
-        self.augmenter = Augmenter::new(self.config.clone(), seed)?;
-        Ok(())
-    }
-
-    /// One augmented view of each image, through the trunk: `[N, W]`.
-    fn views(
-        &mut self,
-        encoder: &mut dyn Encoder,
-        images: &[image::RgbImage],
-    ) -> Result<Array2<f32>> {
-        let batch: Vec<_> = images.iter().map(|im| self.augmenter.view(im)).collect();
-        Ok(embed_images(encoder, &self.preprocessor, &batch)?.embedding)
-    }
-}
-
-/// Frozen embeddings of `views` augmented views of the first `n` images
-/// (shared with `edgeclr demo`'s adaptation step).
+/// [`edgeclr::adapt::views::build_cache`] with a progress bar (shared with
+/// `edgeclr demo` and `edgeclr layers`).
 pub(super) fn build_cache(
     encoder: &mut dyn Encoder,
     data: &Dataset,
@@ -369,21 +328,13 @@ pub(super) fn build_cache(
     seed: u64,
     precision: Precision,
 ) -> Result<ViewCache> {
-    let mut maker = ViewMaker::new(&encoder.manifest().clone(), seed)?;
     let bar = progress((n * views) as u64, "views");
-    let mut cache = ViewCacheBuilder::new(views, precision);
-    for start in (0..n).step_by(32) {
-        let end = (start + 32).min(n);
-        let images = (start..end)
-            .map(|i| data.image(i))
-            .collect::<Result<Vec<_>, _>>()?;
-        for v in 0..views {
-            cache.push(v, maker.views(encoder, &images)?)?;
-            bar.set_position((v * n + end) as u64);
-        }
-    }
+    let cache =
+        edgeclr::adapt::views::build_cache(encoder, data, n, views, seed, precision, |done, _| {
+            bar.set_position(done as u64)
+        })?;
     bar.finish_and_clear();
-    Ok(cache.finish()?)
+    Ok(cache)
 }
 
 /// Where the training views come from.

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use edgeclr::adapt::trainer::{AdaptConfig, Precision, Trainer, ViewCache};
+use edgeclr::adapt::trainer::{AdaptConfig, Trainer};
+use edgeclr::adapt::views::{Precision, ViewCache};
 use edgeclr::data::Dataset;
 use edgeclr::embed::{embed_dataset, embed_images, EmbedOptions, Embeddings};
 use edgeclr::metrics::Diagnostics;

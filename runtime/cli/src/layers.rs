@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use edgeclr::adapt::trainer::Precision;
+use edgeclr::adapt::views::Precision;
 use edgeclr::backend::{load_encoder, tensor_shape};
 use edgeclr::data::Dataset;
 use edgeclr::embed::{embed_dataset, EmbedOptions};

@@ -23,7 +23,7 @@
 //! a multiple). If nothing fits it refuses with the smallest estimate it
 //! reached, so the user knows how much memory the run needs.
 
-use super::trainer::Precision;
+use super::views::Precision;
 use std::fmt;
 
 /// Bytes in a MiB, the unit of `--memory-budget`.

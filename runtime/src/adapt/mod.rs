@@ -21,5 +21,6 @@ pub mod params;
 pub mod resume;
 pub mod tail;
 pub mod trainer;
+pub mod views;
 
 pub use params::{Params, ParamsError};
