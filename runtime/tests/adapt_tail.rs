@@ -355,6 +355,65 @@ fn checkpoint_with_a_tail_refuses_a_resume_without_it() {
     assert!(err.to_string().contains("--train-tail"), "{err}");
 }
 
+/// The inference-only adapted model (`adapt::adapted`) embeds exactly as the
+/// trainer does, from its parameters or its checkpoint, and holds nothing but
+/// the adapter and the trained layers.
+#[test]
+fn adapted_model_embeds_as_the_trainer_does() {
+    use edgeclr::adapt::adapted::AdaptedModel;
+    let manifest = Manifest::load(&repo("models/mobilenet_v2")).unwrap();
+    let cfg = tail_config(8);
+    let mut trainer = Trainer::with_tail(cfg.clone(), Some(tiny_tail()), 0, 2).unwrap();
+    let cache = ViewCache::new(
+        vec![random_views(5, 8, 36), random_views(6, 8, 36)],
+        Precision::F32,
+    )
+    .unwrap();
+    trainer.prefill_bank(cache.view(0).view()).unwrap();
+    trainer.train_epoch(&cache, |_| {}).unwrap();
+    let x = random_views(7, 300, 36); // more than one chunk of rows
+    let want = trainer.adapt(x.view()).unwrap();
+
+    let model = trainer.adapted_model().unwrap();
+    assert_eq!(model.embed(x.view()).unwrap(), want);
+    assert!(model
+        .params()
+        .names()
+        .all(|n| n.starts_with("adapter.") || n.starts_with("tail.")));
+    assert!(model.params().contains("tail.conv.weight"));
+    let ckpt = trainer.checkpoint(&manifest, &cfg, 1).unwrap();
+    let (spec, _) = tiny_tail();
+    let from_ckpt = AdaptedModel::from_checkpoint(&ckpt, Some(spec)).unwrap();
+    assert_eq!(from_ckpt.embed(x.view()).unwrap(), want);
+    // A tail checkpoint without its scope, and a scope without tail weights.
+    assert!(AdaptedModel::from_checkpoint(&ckpt, None).is_err());
+    let plain = Trainer::new(
+        AdaptConfig {
+            train_tail: None,
+            ..cfg
+        },
+        6,
+        2,
+    )
+    .unwrap();
+    assert!(AdaptedModel::new(&plain.params, Some(tiny_tail().0)).is_err());
+
+    // Without a tail: the adapter alone; the frozen model is the identity.
+    let y = random_views(8, 5, 6);
+    let adapter_only = plain.adapted_model().unwrap();
+    assert_eq!(
+        adapter_only.embed(y.view()).unwrap(),
+        plain.adapt(y.view()).unwrap()
+    );
+    assert_eq!(AdaptedModel::frozen().embed(y.view()).unwrap(), y);
+    let mut updated = AdaptedModel::frozen();
+    updated.set_params(&plain.params).unwrap();
+    assert_eq!(
+        updated.embed(y.view()).unwrap(),
+        plain.adapt(y.view()).unwrap()
+    );
+}
+
 /// MoCo: the keys of the second view are computed once by the momentum copy
 /// *before* the update, used as positives, and exactly those are enqueued.
 #[test]

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use edgeclr::adapt::adapted::AdaptedModel;
 use edgeclr::adapt::resume;
 use edgeclr::adapt::trainer::{AdaptConfig, TrainError, Trainer};
 use edgeclr::adapt::views::ViewMaker;
@@ -246,7 +247,8 @@ impl TrainerThread {
 /// The foreground's view of the adapter: a trainer of the same shape whose
 /// parameters are replaced with each update (only `adapt` is used).
 struct AdaptedKnn {
-    view: Trainer,
+    /// The adapter the trainer thread last sent (inference only).
+    view: AdaptedModel,
     raw_keys: Array2<f32>,
     labels: Vec<usize>,
     classes: Vec<String>,
@@ -255,7 +257,7 @@ struct AdaptedKnn {
 }
 
 impl AdaptedKnn {
-    fn new(view: Trainer, dir: &Path, encoder: &mut dyn Encoder, k: usize) -> Result<Self> {
+    fn new(view: AdaptedModel, dir: &Path, encoder: &mut dyn Encoder, k: usize) -> Result<Self> {
         let data = Dataset::open(dir, None)
             .with_context(|| format!("opening the reference images {}", dir.display()))?;
         let emb = embed_dataset(encoder, &data, &EmbedOptions::default(), |_| {})?;
@@ -277,19 +279,19 @@ impl AdaptedKnn {
     }
 
     fn rebuild(&mut self) -> Result<()> {
-        let keys = self.view.adapt(self.raw_keys.view())?;
+        let keys = self.view.embed(self.raw_keys.view())?;
         self.head =
             KnnHead::from_labelled(keys.view(), &self.labels, self.classes.clone(), self.k)?;
         Ok(())
     }
 
     fn update(&mut self, params: Params) -> Result<()> {
-        self.view.params = params;
+        self.view.set_params(&params)?;
         self.rebuild()
     }
 
     fn rank(&self, embedding: &Array2<f32>, top: usize) -> Result<Vec<(String, f32)>> {
-        let q = self.view.adapt(embedding.view())?;
+        let q = self.view.embed(embedding.view())?;
         knn_top(&self.head, q.view(), top)
     }
 }
@@ -373,7 +375,8 @@ fn main() -> Result<()> {
 
     let mut encoder = c.load_encoder(&manifest, args.knn_from.is_some())?;
     let preprocessor = Preprocessor::new(&manifest);
-    let view = Trainer::new(cfg.clone(), dim, 1)?;
+    // The frozen encoder until the trainer thread sends its first adapter.
+    let view = AdaptedModel::frozen();
     let (mut adapted, logits_head) = match &args.knn_from {
         Some(dir) => (
             Some(AdaptedKnn::new(

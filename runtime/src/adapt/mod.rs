@@ -8,6 +8,7 @@
 //! `runtime/tests/losses.rs`; the encoder's own trained layers ([`tail`])
 //! run on [`nn`], a small engine of ops that each know their backward.
 
+pub mod adapted;
 pub mod bank;
 pub mod budget;
 pub mod checkpoint;

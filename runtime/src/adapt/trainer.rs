@@ -18,6 +18,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::adapted::{self, AdaptedModel};
 use super::bank::MemoryBank;
 use super::layers::{
     adapter_backward, adapter_forward, init_adapter, init_mlp, mlp_backward, mlp_forward,
@@ -385,10 +386,6 @@ impl Trainer {
         Ok(self.params.get("adapter.up.bias")?.len())
     }
 
-    /// Rows per chunk when embedding many samples at once (bounds the
-    /// memory of the tail's `[C, B·H·W]` activations).
-    const CHUNK: usize = 256;
-
     /// Tail (if any) then adapter, with the weights in `p`; caches for backward.
     fn forward(
         &self,
@@ -408,42 +405,23 @@ impl Trainer {
         }
     }
 
-    /// `f` applied to row chunks of `x`, results stacked.
-    fn chunked(
-        x: ArrayView2<f32>,
-        mut f: impl FnMut(ArrayView2<f32>) -> Result<Array2<f32>, TrainError>,
-    ) -> Result<Array2<f32>, TrainError> {
-        let parts = x
-            .axis_chunks_iter(Axis(0), Self::CHUNK)
-            .map(&mut f)
-            .collect::<Result<Vec<_>, _>>()?;
-        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-        ndarray::concatenate(Axis(0), &views)
-            .map_err(|e| TrainError::Config(format!("empty batch: {e}")))
-    }
-
     /// Adapted embeddings (tail, if any, then adapter): what probes and
     /// exports use. `x` is what [`Trainer::train_step`] takes.
     pub fn adapt(&self, x: ArrayView2<f32>) -> Result<Array2<f32>, TrainError> {
-        Self::chunked(x, |c| self.embed(&self.params, c))
+        adapted::embed_chunked(self.tail.as_ref(), &self.params, x)
     }
 
-    /// [`Trainer::forward`]'s output without the caches a backward needs.
-    fn embed(&self, p: &Params, x: ArrayView2<f32>) -> Result<Array2<f32>, TrainError> {
-        match &self.tail {
-            Some(spec) => {
-                let e = tail::embed(spec, p, x)?;
-                Ok(adapter_forward(p, e.view())?.0)
-            }
-            None => Ok(adapter_forward(p, x)?.0),
-        }
+    /// This run's trained part as it stands, for inference only (no head,
+    /// momentum copy, optimiser or bank).
+    pub fn adapted_model(&self) -> Result<AdaptedModel, TrainError> {
+        AdaptedModel::new(&self.params, self.tail.clone())
     }
 
     /// The frozen encoder's embeddings of `x`: `x` itself without a tail,
     /// else the tail with its original weights (no adapter).
     pub fn frozen(&self, x: ArrayView2<f32>) -> Result<Array2<f32>, TrainError> {
         match &self.tail {
-            Some(spec) => Self::chunked(x, |c| Ok(tail::embed(spec, &self.tail_init, c)?)),
+            Some(spec) => adapted::embed_chunked(Some(spec), &self.tail_init, x),
             None => Ok(x.to_owned()),
         }
     }
@@ -464,8 +442,8 @@ impl Trainer {
 
     /// Keys from the momentum copy (no gradient).
     fn ema_keys(&self, x: ArrayView2<f32>) -> Result<Array2<f32>, TrainError> {
-        Self::chunked(x, |c| {
-            let a = self.embed(&self.ema, c)?;
+        adapted::chunked(x, |c| {
+            let a = adapted::embed_rows(self.tail.as_ref(), &self.ema, c)?;
             Ok(self.head(&self.ema, a.view())?.0)
         })
     }
