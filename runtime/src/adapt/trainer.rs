@@ -527,13 +527,13 @@ impl Trainer {
         let (value, dz1, view2) = match bank_loss {
             Some((bank, keys)) => {
                 let out = match self.objective {
-                    Objective::Supcon { tau } => loss::supcon_bank(
+                    Objective::Supcon { tau, nn, fnc, uw } => loss::supcon_bank_with(
                         z1.view(),
                         keys.view(),
                         labels,
                         bank.negatives(),
                         bank.labels(),
-                        tau,
+                        &loss::SupconParams { tau, nn, fnc, uw },
                     )?,
                     Objective::Infonce { tau } => {
                         loss::infonce_bank(z1.view(), keys.view(), bank.negatives(), tau)?
@@ -554,8 +554,9 @@ impl Trainer {
                         let out = loss::nt_xent(z1.view(), z2.view(), tau)?;
                         (out.value, out.grad_z1, out.grad_z2)
                     }
-                    Objective::Supcon { tau } => {
-                        let out = loss::supcon(z1.view(), z2.view(), labels, tau)?;
+                    Objective::Supcon { tau, nn, fnc, uw } => {
+                        let params = loss::SupconParams { tau, nn, fnc, uw };
+                        let out = loss::supcon_with(z1.view(), z2.view(), labels, &params)?;
                         (out.value, out.grad_z1, out.grad_z2)
                     }
                     Objective::AlignUniform { lambda, t } => {

@@ -51,7 +51,7 @@ pub use cross_entropy::{cross_entropy, CrossEntropyOutput};
 pub use infonce::{hcl, infonce_bank, nt_xent, HclParams};
 pub use sigmoid::{sigmoid_loss, SigmoidOutput, SigmoidParams};
 pub use spectral::spectral;
-pub use supcon::{supcon, supcon_bank};
+pub use supcon::{supcon, supcon_bank, supcon_bank_with, supcon_with, SupconParams};
 
 /// Everything that makes a loss (or its gradient) undefined.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -101,6 +101,22 @@ pub enum LossError {
         name: &'static str,
         value: f64,
         requirement: &'static str,
+    },
+
+    /// SupCon's `nn` nearest neighbours and `fnc` cancelled candidates of
+    /// an unlabelled anchor would leave it no negative (see
+    /// [`supcon::SupconParams`]).
+    #[error(
+        "{loss}: nn={nn} neighbours + fnc={fnc} cancelled leave unlabelled anchor {anchor} no \
+         negative among its {others} other candidates (need nn + fnc < {others}: a larger \
+         batch or bank, or smaller nn/fnc)"
+    )]
+    NoNegatives {
+        loss: &'static str,
+        anchor: usize,
+        nn: usize,
+        fnc: usize,
+        others: usize,
     },
 
     /// A `--loss` specification could not be parsed (see [`Objective`]).
@@ -336,8 +352,10 @@ pub(crate) fn check_finite(name: &'static str, value: f64) -> Result<()> {
 /// writes): a name, optionally followed by `:` and comma-separated
 /// `key=value` overrides, e.g. `infonce`, `infonce:tau=0.2`,
 /// `align-uniform:lambda=1,t=2`, `spectral:mu=1`, `sigmoid`, `byol`,
-/// `supcon:tau=0.1`, `ce`.
-/// Omitted parameters take the defaults below.
+/// `supcon:tau=0.1`, `supcon:tau=0.1,nn=1,fnc=4,uw=0.5`, `ce`.
+/// Omitted parameters take the defaults below; [`fmt::Display`] leaves out
+/// SupCon's `nn`, `fnc` and `uw` at their defaults, so a spec written
+/// before they existed reads and prints as it did.
 ///
 /// `Sigmoid` has no hyper-parameters: its temperature and bias are learned
 /// ([`SigmoidParams`]). `Byol` needs a predictor head and a momentum target
@@ -355,10 +373,19 @@ pub enum Objective {
     Sigmoid,
     /// BYOL regression loss ([`byol_symmetric`]).
     Byol,
-    /// Supervised contrastive loss ([`supcon`], [`supcon_bank`]) with
-    /// temperature `tau`: samples that share a label are positives.
-    /// Unlabelled samples count as their own class of one.
-    Supcon { tau: f64 },
+    /// Supervised contrastive loss ([`supcon_with`], [`supcon_bank_with`])
+    /// with temperature `tau`: samples that share a label are positives.
+    /// An unlabelled sample's positives are its other view and its `nn`
+    /// nearest neighbours (default 0: its own class of one); the `fnc`
+    /// next-nearest are dropped from its candidates (false-negative
+    /// elimination, default 0); its term weighs `uw` (default 1). See
+    /// [`supcon`](mod@supcon).
+    Supcon {
+        tau: f64,
+        nn: usize,
+        fnc: usize,
+        uw: f64,
+    },
     /// Cross-entropy of a linear softmax classifier on the adapted
     /// embedding ([`cross_entropy`]): the supervised fine-tuning baseline.
     /// Unlabelled samples take no part; the classifier is dropped at export.
@@ -388,6 +415,9 @@ impl Objective {
     pub const DEFAULT_MU: f64 = 1.0;
     /// Default SupCon temperature: 0.1, the paper's (Khosla et al. 2020).
     pub const DEFAULT_SUPCON_TAU: f64 = 0.1;
+    /// Largest `nn` / `fnc` a spec may ask for (a guard against typos such
+    /// as `nn=1e9`; the loss itself refuses more than a batch can give).
+    pub const MAX_SUPCON_COUNT: usize = 1 << 20;
 
     /// The canonical name (one of [`Self::NAMES`]).
     pub fn name(&self) -> &'static str {
@@ -420,15 +450,28 @@ impl Objective {
             "ce" => Objective::Ce,
             "supcon" => Objective::Supcon {
                 tau: Self::DEFAULT_SUPCON_TAU,
+                nn: 0,
+                fnc: 0,
+                uw: 1.0,
             },
             _ => return None,
         })
     }
 
-    /// Checks the hyper-parameters' domains (τ > 0, λ ≥ 0, t > 0, μ > 0).
+    /// SupCon's hyper-parameters, `None` for the other objectives.
+    pub fn supcon_params(&self) -> Option<SupconParams> {
+        match *self {
+            Objective::Supcon { tau, nn, fnc, uw } => Some(SupconParams { tau, nn, fnc, uw }),
+            _ => None,
+        }
+    }
+
+    /// Checks the hyper-parameters' domains (τ > 0, λ ≥ 0, t > 0, μ > 0,
+    /// `uw` ≥ 0).
     pub fn validate(&self) -> Result<()> {
         match *self {
-            Objective::Infonce { tau } | Objective::Supcon { tau } => check_positive("tau", tau),
+            Objective::Infonce { tau } => check_positive("tau", tau),
+            Objective::Supcon { tau, nn, fnc, uw } => SupconParams { tau, nn, fnc, uw }.validate(),
             Objective::AlignUniform { lambda, t } => {
                 check_non_negative("lambda", lambda)?;
                 check_positive("t", t)
@@ -462,24 +505,81 @@ impl Objective {
         matches!(self, Objective::Infonce { .. } | Objective::Supcon { .. })
     }
 
-    /// The hyper-parameters as `(key, value)` pairs, in spec order.
-    fn params(&self) -> Vec<(&'static str, f64)> {
+    /// The parameter names [`FromStr`] accepts, in spec order.
+    fn keys(&self) -> &'static [&'static str] {
+        match self {
+            Objective::Infonce { .. } => &["tau"],
+            Objective::Supcon { .. } => &["tau", "nn", "fnc", "uw"],
+            Objective::AlignUniform { .. } => &["lambda", "t"],
+            Objective::Spectral { .. } => &["mu"],
+            Objective::Sigmoid | Objective::Byol | Objective::Ce => &[],
+        }
+    }
+
+    /// The hyper-parameters as `(key, value)` pairs in spec order, as
+    /// [`fmt::Display`] writes them: SupCon's `nn`, `fnc`, `uw` only when
+    /// they differ from their defaults.
+    fn params(&self) -> Vec<(&'static str, String)> {
         match *self {
-            Objective::Infonce { tau } | Objective::Supcon { tau } => vec![("tau", tau)],
-            Objective::AlignUniform { lambda, t } => vec![("lambda", lambda), ("t", t)],
-            Objective::Spectral { mu } => vec![("mu", mu)],
+            Objective::Infonce { tau } => vec![("tau", tau.to_string())],
+            Objective::Supcon { tau, nn, fnc, uw } => {
+                let mut out = vec![("tau", tau.to_string())];
+                if nn != 0 {
+                    out.push(("nn", nn.to_string()));
+                }
+                if fnc != 0 {
+                    out.push(("fnc", fnc.to_string()));
+                }
+                if uw != 1.0 {
+                    out.push(("uw", uw.to_string()));
+                }
+                out
+            }
+            Objective::AlignUniform { lambda, t } => {
+                vec![("lambda", lambda.to_string()), ("t", t.to_string())]
+            }
+            Objective::Spectral { mu } => vec![("mu", mu.to_string())],
             Objective::Sigmoid | Objective::Byol | Objective::Ce => Vec::new(),
         }
     }
 
-    fn param_mut(&mut self, key: &str) -> Option<&mut f64> {
-        match (self, key) {
-            (Objective::Infonce { tau } | Objective::Supcon { tau }, "tau") => Some(tau),
-            (Objective::AlignUniform { lambda, .. }, "lambda") => Some(lambda),
-            (Objective::AlignUniform { t, .. }, "t") => Some(t),
-            (Objective::Spectral { mu }, "mu") => Some(mu),
-            _ => None,
-        }
+    /// Sets parameter `key` to the number `value`; `Ok(false)` if the
+    /// objective has no such parameter. Counts (`nn`, `fnc`) must be
+    /// non-negative integers of at most [`Self::MAX_SUPCON_COUNT`].
+    fn set_param(&mut self, key: &str, value: f64) -> Result<bool> {
+        let count = |name: &'static str| {
+            if value.is_finite()
+                && value >= 0.0
+                && value.fract() == 0.0
+                && value <= Self::MAX_SUPCON_COUNT as f64
+            {
+                Ok(value as usize)
+            } else {
+                Err(LossError::InvalidParameter {
+                    name,
+                    value,
+                    requirement: "an integer from 0 to 1048576",
+                })
+            }
+        };
+        let slot = match (self, key) {
+            (Objective::Infonce { tau } | Objective::Supcon { tau, .. }, "tau") => tau,
+            (Objective::Supcon { nn, .. }, "nn") => {
+                *nn = count("nn")?;
+                return Ok(true);
+            }
+            (Objective::Supcon { fnc, .. }, "fnc") => {
+                *fnc = count("fnc")?;
+                return Ok(true);
+            }
+            (Objective::Supcon { uw, .. }, "uw") => uw,
+            (Objective::AlignUniform { lambda, .. }, "lambda") => lambda,
+            (Objective::AlignUniform { t, .. }, "t") => t,
+            (Objective::Spectral { mu }, "mu") => mu,
+            _ => return Ok(false),
+        };
+        *slot = value;
+        Ok(true)
     }
 }
 
@@ -523,18 +623,17 @@ impl FromStr for Objective {
             let parsed: f64 = value
                 .parse()
                 .map_err(|_| invalid(format!("{key}: {value:?} is not a number")))?;
-            let known: Vec<_> = objective.params().iter().map(|(k, _)| *k).collect();
-            let slot = objective.param_mut(key).ok_or_else(|| {
-                invalid(format!(
+            let known = objective.keys();
+            if !objective.set_param(key, parsed)? {
+                return Err(invalid(format!(
                     "{name} has no parameter {key:?} (parameters: {})",
                     if known.is_empty() {
                         "none".to_string()
                     } else {
                         known.join(", ")
                     }
-                ))
-            })?;
-            *slot = parsed;
+                )));
+            }
         }
         objective.validate()?;
         Ok(objective)
