@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use edgeclr::adapt::loss::{
     align_uniform, byol, byol_symmetric, cross_entropy, hcl, infonce_bank,
-    normalize_rows_with_jacobian, nt_xent, sigmoid_loss, spectral, supcon, supcon_bank, HclParams,
-    LossError, Objective, SigmoidParams,
+    normalize_rows_with_jacobian, nt_xent, sigmoid_loss, spectral, supcon, supcon_bank,
+    supcon_bank_with, supcon_with, HclParams, LossError, Objective, SigmoidParams, SupconParams,
 };
 use ndarray::{array, s, Array2, ArrayView2};
 use ndarray_npy::read_npy;
@@ -1100,12 +1100,507 @@ fn supcon_label_count_must_match_the_batch() {
 #[test]
 fn supcon_spec_parses() {
     let o: Objective = "supcon".parse().unwrap();
-    assert_eq!(o, Objective::Supcon { tau: 0.1 });
+    assert_eq!(
+        o,
+        Objective::Supcon {
+            tau: 0.1,
+            nn: 0,
+            fnc: 0,
+            uw: 1.0
+        }
+    );
     assert!(o.uses_labels() && o.uses_bank());
     let o: Objective = "supcon:tau=0.3".parse().unwrap();
     assert_eq!(o.to_string(), "supcon:tau=0.3");
     assert!("supcon:tau=-1".parse::<Objective>().is_err());
     assert!(!"infonce".parse::<Objective>().unwrap().uses_labels());
+}
+
+// ------------------------- SupCon's unlabelled anchors (nn, fnc, uw)
+
+/// A case's SupCon parameters.
+fn supcon_params(p: &serde_json::Map<String, Value>) -> SupconParams {
+    let count = |key: &str| p[key].as_u64().expect("integer param") as usize;
+    SupconParams {
+        tau: param(p, "tau"),
+        nn: count("nn"),
+        fnc: count("fnc"),
+        uw: param(p, "uw"),
+    }
+}
+
+/// The case's smallest similarity gap at a cut of the neighbour ranking
+/// (`None`: no ranking, nn = fnc = 0).
+fn rank_margin(case: &Value) -> Option<f64> {
+    case["rank_margin"].as_f64()
+}
+
+#[test]
+fn supcon_bank_nn_matches_numpy() {
+    let (q, k, queue) = (load("z1"), load("z2"), load("queue"));
+    let found = cases("supcon_bank_nn");
+    assert!(found.len() >= 30, "{} cases", found.len());
+    for (p, want, case) in found {
+        let sp = supcon_params(&p);
+        if let Some(m) = rank_margin(&case) {
+            // f32 inputs, f64 arithmetic on both sides: the ranking cannot
+            // differ unless two similarities are within rounding.
+            assert!(m > 1e-6, "{sp:?}: ranking margin {m}");
+        }
+        let (labels, queue_labels) = (labels_param(&p, "labels"), labels_param(&p, "queue_labels"));
+        let got = supcon_bank_with(
+            q.view(),
+            k.view(),
+            &labels,
+            queue.view(),
+            &queue_labels,
+            &sp,
+        )
+        .unwrap()
+        .value;
+        assert_value(
+            got,
+            want,
+            &format!("supcon_bank_nn {sp:?} labels={labels:?}"),
+        );
+    }
+}
+
+#[test]
+fn supcon_nn_matches_numpy() {
+    let (z1, z2) = (load("z1"), load("z2"));
+    let found = cases("supcon_nn");
+    assert!(found.len() >= 20, "{} cases", found.len());
+    for (p, want, case) in found {
+        let sp = supcon_params(&p);
+        if let Some(m) = rank_margin(&case) {
+            assert!(m > 1e-6, "{sp:?}: ranking margin {m}");
+        }
+        let labels = labels_param(&p, "labels");
+        let got = supcon_with(z1.view(), z2.view(), &labels, &sp)
+            .unwrap()
+            .value;
+        assert_value(got, want, &format!("supcon_nn {sp:?} labels={labels:?}"));
+    }
+}
+
+#[test]
+fn supcon_reference_defaults_are_plain_supcon() {
+    // The numpy cases at nn = fnc = 0, uw = 1 reproduce the plain SupCon
+    // references, and the Rust side is bit-identical to `supcon` /
+    // `supcon_bank` at the defaults (checkpoints and resumed runs).
+    for (plain, with_knobs) in [("supcon_bank", "supcon_bank_nn"), ("supcon", "supcon_nn")] {
+        let plain = cases(plain);
+        let mut matched = 0;
+        for (p, v, _) in cases(with_knobs) {
+            if supcon_params(&p) != SupconParams::new(param(&p, "tau")) {
+                continue;
+            }
+            // Same tau and labels as a plain reference case: same value.
+            for (pp, pv, _) in &plain {
+                let same = ["tau", "labels", "queue_labels"]
+                    .iter()
+                    .all(|key| p.get(*key) == pp.get(*key));
+                if same {
+                    assert!((v - pv).abs() < 1e-12, "{with_knobs} {p:?}: {v} vs {pv}");
+                    matched += 1;
+                }
+            }
+        }
+        assert!(matched >= 1, "{with_knobs}: no default case to compare");
+    }
+
+    let (q, k, queue) = (load64("z1"), load64("z2"), load64("queue"));
+    let labels = [Some(0), None, None, Some(2), None, None, Some(0), None];
+    let queue_labels: Vec<_> = (0..queue.nrows())
+        .map(|j| (j % 5 == 0).then_some(j % 3))
+        .collect();
+    for tau in [0.1, 0.3] {
+        let a = supcon_bank(
+            q.view(),
+            k.view(),
+            &labels,
+            queue.view(),
+            &queue_labels,
+            tau,
+        )
+        .unwrap();
+        let b = supcon_bank_with(
+            q.view(),
+            k.view(),
+            &labels,
+            queue.view(),
+            &queue_labels,
+            &SupconParams::new(tau),
+        )
+        .unwrap();
+        assert_eq!(a.value.to_bits(), b.value.to_bits());
+        assert_eq!(a.grad, b.grad);
+        let a = supcon(q.view(), k.view(), &labels, tau).unwrap();
+        let b = supcon_with(q.view(), k.view(), &labels, &SupconParams::new(tau)).unwrap();
+        assert_eq!(a.value.to_bits(), b.value.to_bits());
+        assert_eq!((a.grad_z1, a.grad_z2), (b.grad_z1, b.grad_z2));
+    }
+}
+
+#[test]
+fn supcon_nn_leaves_labelled_anchors_alone() {
+    // Every anchor labelled: nn, fnc and uw change nothing.
+    let (q, k, queue) = (load64("z1"), load64("z2"), load64("queue"));
+    let labels: Vec<_> = (0..q.nrows()).map(|i| Some(i % 3)).collect();
+    let queue_labels: Vec<_> = (0..queue.nrows())
+        .map(|j| (j % 2 == 0).then_some(j % 3))
+        .collect();
+    let knobs = SupconParams {
+        tau: 0.2,
+        nn: 2,
+        fnc: 3,
+        uw: 0.5,
+    };
+    let a = supcon_bank(
+        q.view(),
+        k.view(),
+        &labels,
+        queue.view(),
+        &queue_labels,
+        0.2,
+    )
+    .unwrap();
+    let b = supcon_bank_with(
+        q.view(),
+        k.view(),
+        &labels,
+        queue.view(),
+        &queue_labels,
+        &knobs,
+    )
+    .unwrap();
+    assert_eq!(a.value.to_bits(), b.value.to_bits());
+    assert_eq!(a.grad, b.grad);
+    let a = supcon(q.view(), k.view(), &labels, 0.2).unwrap();
+    let b = supcon_with(q.view(), k.view(), &labels, &knobs).unwrap();
+    assert_eq!(a.value.to_bits(), b.value.to_bits());
+    assert_eq!((a.grad_z1, a.grad_z2), (b.grad_z1, b.grad_z2));
+}
+
+#[test]
+fn supcon_uw_weighs_the_unlabelled_terms_linearly() {
+    // L(uw) = L_labelled + uw · L_unlabelled, both over all anchors.
+    let (q, k, queue) = (load64("z1"), load64("z2"), load64("queue"));
+    let labels = [Some(0), None, None, Some(2), None, None, Some(0), None];
+    let queue_labels: Vec<_> = (0..queue.nrows())
+        .map(|j| (j % 5 == 0).then_some(j % 3))
+        .collect();
+    let at = |uw: f64| SupconParams {
+        tau: 0.1,
+        nn: 1,
+        fnc: 4,
+        uw,
+    };
+    let bank = |uw: f64| {
+        supcon_bank_with(
+            q.view(),
+            k.view(),
+            &labels,
+            queue.view(),
+            &queue_labels,
+            &at(uw),
+        )
+        .unwrap()
+    };
+    let batch = |uw: f64| supcon_with(q.view(), k.view(), &labels, &at(uw)).unwrap();
+    let (b0, b1, b3) = (bank(0.0).value, bank(1.0).value, bank(3.0).value);
+    assert!(
+        (b3 - (b0 + 3.0 * (b1 - b0))).abs() < 1e-12,
+        "{b0} {b1} {b3}"
+    );
+    let (i0, i1, i3) = (batch(0.0).value, batch(1.0).value, batch(3.0).value);
+    assert!(
+        (i3 - (i0 + 3.0 * (i1 - i0))).abs() < 1e-12,
+        "{i0} {i1} {i3}"
+    );
+    // uw = 0: the unlabelled queries get no gradient at all.
+    let g = bank(0.0).grad;
+    for (i, l) in labels.iter().enumerate() {
+        assert_eq!(l.is_none(), g.row(i).iter().all(|&x| x == 0.0), "row {i}");
+    }
+}
+
+#[test]
+fn supcon_bank_nn_gradient_matches_finite_differences() {
+    // The neighbours are chosen by the keys (constants), so perturbing the
+    // queries never changes the selection.
+    let (q, k, queue) = (load64("z1"), load64("z2"), load64("queue"));
+    let (rq, rk) = random_pair(21, 6, 16, 0.4);
+    let semi = [Some(0), None, None, Some(2), None, None, Some(0), None];
+    let rand_labels = [None, Some(1), None, None, Some(1), None];
+    let queue_labels: Vec<_> = (0..queue.nrows())
+        .map(|j| (j % 5 == 0).then_some(j % 3))
+        .collect();
+    for (q, k, labels, what) in [
+        (&q, &k, &semi[..], "reference"),
+        (&rq, &rk, &rand_labels[..], "random"),
+    ] {
+        for (tau, nn, fnc, uw) in [
+            (0.1, 1, 0, 1.0),
+            (0.2, 2, 3, 1.0),
+            (0.1, 1, 4, 0.5),
+            (0.1, 0, 6, 2.0),
+        ] {
+            let sp = SupconParams { tau, nn, fnc, uw };
+            let f = |x: &Array2<f64>| {
+                supcon_bank_with(x.view(), k.view(), labels, queue.view(), &queue_labels, &sp)
+                    .unwrap()
+                    .value
+            };
+            let out =
+                supcon_bank_with(q.view(), k.view(), labels, queue.view(), &queue_labels, &sp)
+                    .unwrap();
+            let fd = finite_diff(q, &f);
+            assert_grad(
+                out.grad.view(),
+                &fd,
+                &format!("supcon_bank_nn {what} {sp:?}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn supcon_nn_gradient_matches_finite_differences() {
+    // In the batch the ranking reads the (perturbed) partner views: use the
+    // reference cases whose ranking margin is far above the 1e-4 steps.
+    let (z1, z2) = (load64("z1"), load64("z2"));
+    let mut checked = 0;
+    for (p, _, case) in cases("supcon_nn") {
+        let sp = supcon_params(&p);
+        if rank_margin(&case).is_some_and(|m| m < 2e-3) || sp.nn + sp.fnc == 0 {
+            continue;
+        }
+        let labels = labels_param(&p, "labels");
+        let out = supcon_with(z1.view(), z2.view(), &labels, &sp).unwrap();
+        check_two_view(
+            &z1,
+            &z2,
+            (out.grad_z1.view(), out.grad_z2.view()),
+            &|a, b| supcon_with(a, b, &labels, &sp).unwrap().value,
+            &format!("supcon_nn {sp:?} labels={labels:?}"),
+        );
+        checked += 1;
+    }
+    assert!(checked >= 10, "{checked} cases checked");
+}
+
+#[test]
+fn supcon_nn_pulls_the_nearest_neighbour_closer() {
+    // An unlabelled query whose key is closest to bank key 0: with nn = 1
+    // a gradient step raises the query's similarity to that key; without
+    // it (a negative) the step lowers it.
+    let q = array![[1.0, 0.3, 0.0], [0.0, 1.0, 0.2]];
+    let k = array![[1.0, 0.25, 0.05], [0.05, 1.0, 0.25]];
+    let queue = array![[0.8, 0.6, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]];
+    let labels = [None, None];
+    let queue_labels = [None; 3];
+    let cos0 = |q: &Array2<f64>| {
+        let r = q.row(0);
+        r.dot(&queue.row(0)) / r.dot(&r).sqrt()
+    };
+    for (nn, closer) in [(1, true), (0, false)] {
+        let sp = SupconParams {
+            nn,
+            ..SupconParams::new(0.2)
+        };
+        let out = supcon_bank_with(
+            q.view(),
+            k.view(),
+            &labels,
+            queue.view(),
+            &queue_labels,
+            &sp,
+        )
+        .unwrap();
+        let stepped = &q - &(out.grad.mapv(f64::from) * 0.05);
+        assert_eq!(cos0(&stepped) > cos0(&q), closer, "nn = {nn}");
+    }
+}
+
+#[test]
+fn supcon_nn_needs_a_negative_left() {
+    // B = 4 and 5 bank keys: an unlabelled query has 3 + 5 = 8 other
+    // candidates, so nn + fnc must stay below 8; in the batch, below
+    // 2B − 2 = 6. Never a NaN: a clear error.
+    let (z1, z2) = random_pair(3, 4, 3, 0.2);
+    let queue = Array2::from_shape_fn((5, 3), |(i, j)| if i % 3 == j { 1.0 } else { 0.0 });
+    let labels = [None, Some(1), None, None];
+    let queue_labels = [None; 5];
+    let sp = |nn, fnc| SupconParams {
+        tau: 0.1,
+        nn,
+        fnc,
+        uw: 1.0,
+    };
+    let bank = |nn, fnc| {
+        supcon_bank_with(
+            z1.view(),
+            z2.view(),
+            &labels,
+            queue.view(),
+            &queue_labels,
+            &sp(nn, fnc),
+        )
+    };
+    for (nn, fnc) in [(3, 4), (7, 0), (0, 7)] {
+        let out = bank(nn, fnc).unwrap();
+        assert!(out.value.is_finite(), "nn={nn} fnc={fnc}");
+        assert!(out.grad.iter().all(|g| g.is_finite()));
+    }
+    for (nn, fnc) in [(3, 5), (8, 0), (9, 0), (0, 8), (100, 100), (usize::MAX, 1)] {
+        let e = bank(nn, fnc).unwrap_err();
+        assert!(
+            matches!(e, LossError::NoNegatives { others: 8, .. }),
+            "nn={nn} fnc={fnc}: {e:?}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains("nn=") && msg.contains("fnc=") && msg.contains('8'),
+            "{msg}"
+        );
+    }
+    let batch = |nn, fnc| supcon_with(z1.view(), z2.view(), &labels, &sp(nn, fnc));
+    let out = batch(2, 3).unwrap();
+    assert!(out.value.is_finite());
+    for (nn, fnc) in [(2, 4), (6, 0), (0, 6)] {
+        let e = batch(nn, fnc).unwrap_err();
+        assert!(
+            matches!(e, LossError::NoNegatives { others: 6, .. }),
+            "nn={nn} fnc={fnc}: {e:?}"
+        );
+    }
+    // With every anchor labelled nothing is ranked, so any nn is accepted.
+    let all = [Some(0), Some(1), Some(0), Some(2)];
+    assert!(supcon_with(z1.view(), z2.view(), &all, &sp(50, 50)).is_ok());
+    // uw and tau are checked.
+    for bad in [
+        SupconParams {
+            uw: -0.5,
+            ..sp(1, 0)
+        },
+        SupconParams {
+            uw: f64::NAN,
+            ..sp(1, 0)
+        },
+        SupconParams {
+            tau: 0.0,
+            ..sp(1, 0)
+        },
+    ] {
+        assert!(matches!(
+            batch_with(&z1, &z2, &labels, &bad),
+            Err(LossError::InvalidParameter { .. })
+        ));
+        assert!(matches!(
+            supcon_bank_with(
+                z1.view(),
+                z2.view(),
+                &labels,
+                queue.view(),
+                &queue_labels,
+                &bad
+            ),
+            Err(LossError::InvalidParameter { .. })
+        ));
+    }
+}
+
+fn batch_with(
+    z1: &Array2<f64>,
+    z2: &Array2<f64>,
+    labels: &[Option<usize>],
+    sp: &SupconParams,
+) -> Result<edgeclr::adapt::loss::LossOutput, LossError> {
+    supcon_with(z1.view(), z2.view(), labels, sp)
+}
+
+#[test]
+fn supcon_nn_specs_parse_and_print() {
+    let plain: Objective = "supcon:tau=0.1".parse().unwrap();
+    // Defaults spelled out parse to the same objective and print as before.
+    for spec in [
+        "supcon",
+        "supcon:tau=0.1",
+        "supcon:tau=0.1,nn=0,fnc=0,uw=1",
+        "supcon: uw=1.0 , nn=0",
+    ] {
+        let o: Objective = spec.parse().unwrap();
+        assert_eq!(o, plain, "{spec}");
+        assert_eq!(o.to_string(), "supcon:tau=0.1", "{spec}");
+    }
+    let o: Objective = "supcon:uw=0.5,fnc=4,nn=1,tau=0.2".parse().unwrap();
+    assert_eq!(
+        o,
+        Objective::Supcon {
+            tau: 0.2,
+            nn: 1,
+            fnc: 4,
+            uw: 0.5
+        }
+    );
+    assert_eq!(o.to_string(), "supcon:tau=0.2,nn=1,fnc=4,uw=0.5");
+    assert_eq!(o.to_string().parse::<Objective>().unwrap(), o);
+    assert_eq!(
+        o.supcon_params(),
+        Some(SupconParams {
+            tau: 0.2,
+            nn: 1,
+            fnc: 4,
+            uw: 0.5
+        })
+    );
+    assert_eq!(
+        "infonce".parse::<Objective>().unwrap().supcon_params(),
+        None
+    );
+    for spec in [
+        "supcon:tau=0.1,nn=2",
+        "supcon:tau=0.1,fnc=8",
+        "supcon:tau=0.1,uw=0",
+    ] {
+        let o: Objective = spec.parse().unwrap();
+        assert_eq!(o.to_string(), spec);
+        assert_eq!(o.to_string().parse::<Objective>().unwrap(), o);
+    }
+    assert_eq!(
+        "supcon:nn=2.0".parse::<Objective>().unwrap().to_string(),
+        "supcon:tau=0.1,nn=2"
+    );
+    // Out of domain: InvalidParameter naming the parameter.
+    for (spec, name) in [
+        ("supcon:nn=-1", "nn"),
+        ("supcon:nn=1.5", "nn"),
+        ("supcon:fnc=-2", "fnc"),
+        ("supcon:fnc=0.25", "fnc"),
+        ("supcon:nn=1e9", "nn"),
+        ("supcon:nn=inf", "nn"),
+        ("supcon:uw=-0.1", "uw"),
+        ("supcon:uw=nan", "uw"),
+        ("supcon:uw=inf", "uw"),
+    ] {
+        let e = spec.parse::<Objective>().unwrap_err();
+        assert!(
+            matches!(e, LossError::InvalidParameter { name: n, .. } if n == name),
+            "{spec}: {e:?}"
+        );
+    }
+    // Not numbers, or not SupCon's: InvalidObjective, listing the keys.
+    for spec in ["supcon:nn=one", "supcon:nn=", "infonce:nn=1", "ce:uw=1"] {
+        let e = spec.parse::<Objective>().unwrap_err();
+        assert!(
+            matches!(e, LossError::InvalidObjective { .. }),
+            "{spec}: {e:?}"
+        );
+    }
+    let msg = "supcon:k=1".parse::<Objective>().unwrap_err().to_string();
+    assert!(msg.contains("tau, nn, fnc, uw"), "{msg}");
 }
 
 // ---------------------------------------------------------- cross-entropy

@@ -58,6 +58,22 @@ Formulas (u = z / ||z||, row-wise):
   supcon_bank  queries q against C = [k (this batch's keys); queue] with
                labels [y; queue_labels]; P(i) = {k_i} + same known label:
                l_i = -(1/|P(i)|) sum_{p in P(i)} log softmax(q_i.C^T/tau)_p
+  supcon_bank_nn, supcon_nn
+               the same with nn / fnc / uw for the unlabelled anchors
+               (labelled ones unchanged). An unlabelled anchor ranks the
+               candidates other than itself and its own positive (bank: C
+               minus k_i; batch: Z minus the anchor and its partner) by cosine
+               similarity to its own positive (k_i; the partner view),
+               highest first, ties to the lower index; the first nn join its
+               positives (NNCLR, Dwibedi et al. 2021), the next fnc leave its
+               denominator (false-negative elimination, Huynh et al. 2022):
+               l = -(1/|P|) sum_{p in P} log( exp(s_p/tau)
+                      / sum_{k in A} exp(s_k/tau) ),
+               L = (sum_labelled l + uw * sum_unlabelled l) / #anchors.
+               Each case records rank_margin: the smallest similarity gap
+               at a cut of any unlabelled anchor's ranking (after nn, after
+               nn + fnc), so a test knows how far its inputs may move
+               before the selection changes.
 
 Usage (from the repository root; deterministic, rewrites the files):
 
@@ -152,6 +168,74 @@ def supcon_bank(q, k, labels, queue, queue_labels, tau):
                (labels[i] is not None and y[p] == labels[i])]
         losses.append(-np.mean([math.log(math.exp(qn[i] @ cands[p] / tau) / den) for p in pos]))
     return float(np.mean(losses))
+
+
+def nn_ranking(sims, exclude):
+    """Candidate indices except `exclude`, most similar first (ties: lower
+    index first)."""
+    rest = [k for k in range(len(sims)) if k not in exclude]
+    return sorted(rest, key=lambda k: (-sims[k], k))
+
+
+def cut_margin(sims, order, cuts):
+    """Smallest gap between the similarities on either side of each cut."""
+    gaps = [sims[order[c - 1]] - sims[order[c]] for c in cuts if 0 < c < len(order)]
+    return min(gaps) if gaps else math.inf
+
+
+def contrast_term(s, cands, pos, tau):
+    den = sum(math.exp(s[k] / tau) for k in cands)
+    return -np.mean([math.log(math.exp(s[p] / tau) / den) for p in pos])
+
+
+def supcon_bank_nn(q, k, labels, queue, queue_labels, tau, nn, fnc, uw):
+    """Returns (loss, rank_margin)."""
+    qn, kn = normalize(q), normalize(k)
+    cands = np.concatenate([kn, queue], axis=0)
+    y = list(labels) + list(queue_labels)
+    n, b = len(cands), q.shape[0]
+    total, margin = 0.0, math.inf
+    for i in range(b):
+        s = [float(qn[i] @ cands[c]) for c in range(n)]
+        if labels[i] is not None:
+            pos = [p for p in range(n) if p == i or y[p] == labels[i]]
+            total += contrast_term(s, range(n), pos, tau)
+            continue
+        sim_key = [float(kn[i] @ cands[c]) for c in range(n)]
+        order = nn_ranking(sim_key, {i})
+        if nn + fnc > 0:
+            margin = min(margin, cut_margin(sim_key, order, [nn, nn + fnc]))
+        neighbours, removed = order[:nn], order[nn:nn + fnc]
+        assert len(order) - nn - fnc >= 1, "no negative left"
+        kept = [c for c in range(n) if c not in removed]
+        total += uw * contrast_term(s, kept, [i] + neighbours, tau)
+    return total / b, margin
+
+
+def supcon_nn(z1, z2, labels, tau, nn, fnc, uw):
+    """Returns (loss, rank_margin)."""
+    u = np.concatenate([normalize(z1), normalize(z2)], axis=0)
+    n = u.shape[0]
+    b = n // 2
+    y = list(labels) + list(labels)
+    total, margin = 0.0, math.inf
+    for a in range(n):
+        partner = a + b if a < b else a - b
+        s = [float(u[a] @ u[c]) for c in range(n)]
+        others = [c for c in range(n) if c != a]
+        if y[a] is not None:
+            pos = [p for p in others if p == partner or y[p] == y[a]]
+            total += contrast_term(s, others, pos, tau)
+            continue
+        sim_partner = [float(u[partner] @ u[c]) for c in range(n)]
+        order = nn_ranking(sim_partner, {a, partner})
+        if nn + fnc > 0:
+            margin = min(margin, cut_margin(sim_partner, order, [nn, nn + fnc]))
+        neighbours, removed = order[:nn], order[nn:nn + fnc]
+        assert len(order) - nn - fnc >= 1, "no negative left"
+        kept = [c for c in others if c not in removed]
+        total += uw * contrast_term(s, kept, [partner] + neighbours, tau)
+    return total / n, margin
 
 
 def cross_entropy(z, labels, w, b):
@@ -299,6 +383,26 @@ def main():
     for tau in (0.1, 0.2):
         add("supcon_bank", {"tau": tau, "labels": labels, "queue_labels": queue_labels},
             supcon_bank(z1, z2, labels, queue, queue_labels, tau))
+    # Semi-supervised: mostly unlabelled anchors and bank, as in a
+    # --labels-per-class run. (0, 0, 1) is plain SupCon (the defaults); the
+    # last combination of each leaves exactly one negative.
+    semi = [0, None, None, 2, None, None, 0, None][:b]
+    semi_queue = [j % 3 if j % 5 == 0 else None for j in range(k)]
+    for lab, qlab in ((semi, semi_queue), (labels, queue_labels), ([None] * b, [None] * k)):
+        for tau, nn, fnc, uw in ((0.1, 0, 0, 1.0), (0.1, 1, 0, 1.0), (0.2, 2, 0, 1.0),
+                                 (0.1, 1, 4, 1.0), (0.1, 0, 3, 1.0), (0.1, 1, 4, 0.5),
+                                 (0.2, 3, 8, 0.25), (0.1, 0, 0, 0.5), (0.1, 2, 3, 0.0),
+                                 (0.1, 20, b + k - 1 - 20 - 1, 2.0)):
+            value, margin = supcon_bank_nn(z1, z2, lab, queue, qlab, tau, nn, fnc, uw)
+            add("supcon_bank_nn", {"tau": tau, "nn": nn, "fnc": fnc, "uw": uw,
+                                   "labels": lab, "queue_labels": qlab}, value,
+                rank_margin=margin if math.isfinite(margin) else None)
+        for tau, nn, fnc, uw in ((0.1, 0, 0, 1.0), (0.1, 1, 0, 1.0), (0.5, 2, 3, 1.0),
+                                 (0.1, 1, 4, 0.5), (0.1, 0, 0, 0.5), (0.2, 0, 2, 1.0),
+                                 (0.1, 3, 2 * b - 2 - 3 - 1, 2.0)):
+            value, margin = supcon_nn(z1, z2, lab, tau, nn, fnc, uw)
+            add("supcon_nn", {"tau": tau, "nn": nn, "fnc": fnc, "uw": uw, "labels": lab},
+                value, rank_margin=margin if math.isfinite(margin) else None)
     for ce_labels in (labels, [2, 2, 1, 0, None, None, 1, 0][:b], [None] * b):
         add("ce", {"labels": ce_labels}, cross_entropy(z1, ce_labels, ce_w, ce_b[0]))
     add("byol", {}, byol(p1, z2))
