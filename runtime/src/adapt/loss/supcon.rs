@@ -57,6 +57,15 @@
 //! (`B − 1 + |queue|` against a bank, `2B − 2` in the batch) an unlabelled
 //! anchor needs `nn + fnc < O`, else [`LossError::NoNegatives`] (there is no
 //! silent clamp: a loss without negatives has nothing to contrast).
+//!
+//! Measured (shipped Fashion-MNIST split, 10 labels per class and the other
+//! 900 train images unlabelled, adapter on the pooled embedding, bank 256,
+//! 30 epochs, three seeds; final-epoch 10-shot k-NN): plain SupCon 74.2,
+//! `nn=1` 72.9, `nn=1,fnc=4` 72.6, `fnc=4` 73.6, `fnc=32` 71.5, `uw=0.5`
+//! 74.7, `uw=0` 72.5. The unlabelled anchors' own-view term helps; neither
+//! neighbour positives nor false-negative elimination did, so both default
+//! to off. (About one nearest neighbour in five is of another class there,
+//! even on clean frozen embeddings.)
 
 use ndarray::{concatenate, s, Array2, ArrayView2, Axis};
 
