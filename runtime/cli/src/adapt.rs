@@ -64,7 +64,9 @@ pub struct Args {
     #[arg(long)]
     pub resume: bool,
     /// Objective: infonce[:tau=0.2], align-uniform[:lambda=1,t=2], spectral[:mu=1], sigmoid, byol,
-    /// supcon[:tau=0.1] (supervised: images with the same label are positives),
+    /// supcon[:tau=0.1] (supervised: images with the same label are positives; for unlabelled
+    /// images nn=K nearest keys as positives, fnc=M next nearest dropped from negatives, uw=W
+    /// their weight; defaults nn=0,fnc=0,uw=1),
     /// ce (supervised baseline: cross-entropy of a linear classifier, dropped at export).
     #[arg(long, default_value = "infonce:tau=0.2")]
     pub loss: String,
