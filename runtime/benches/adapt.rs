@@ -29,8 +29,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
+use edgeclr::adapt::config::AdaptConfig;
 use edgeclr::adapt::tail::{self, load_tail, ParamScope, TailChoice, TailSpec};
-use edgeclr::adapt::trainer::{AdaptConfig, Trainer};
+use edgeclr::adapt::trainer::Trainer;
 use edgeclr::adapt::Params;
 use edgeclr::Manifest;
 use ndarray::Array2;
@@ -82,7 +83,7 @@ fn arg(name: &str) -> Option<String> {
 /// A trainer with a full bank and two batches of random views.
 fn head_only() -> (Trainer, Array2<f32>, Array2<f32>) {
     let config = AdaptConfig {
-        loss: "infonce:tau=0.2".into(),
+        loss: "infonce:tau=0.2".parse().expect("objective spec"),
         batch_size: BATCH,
         bank_size: BANK,
         ..AdaptConfig::default()
@@ -105,10 +106,10 @@ fn tail_head() -> (Trainer, Array2<f32>, Array2<f32>) {
         load_tail(&manifest, &TailChoice::Auto, ParamScope::All).expect("MobileNetV2 tail layers");
     let width = tail.0.channels * CUT_PIXELS;
     let config = AdaptConfig {
-        loss: "infonce:tau=0.2".into(),
+        loss: "infonce:tau=0.2".parse().expect("objective spec"),
         batch_size: BATCH,
         bank_size: BANK,
-        train_tail: Some("auto".into()),
+        train_tail: Some(edgeclr::adapt::tail::TailChoice::Auto),
         ..AdaptConfig::default()
     };
     let mut rng = ChaCha8Rng::seed_from_u64(0);

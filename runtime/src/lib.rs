@@ -104,7 +104,8 @@
 //!
 //! ```
 //! use edgeclr::adapt::export::export_adapted;
-//! use edgeclr::adapt::trainer::{AdaptConfig, Trainer};
+//! use edgeclr::adapt::config::AdaptConfig;
+//! use edgeclr::adapt::trainer::Trainer;
 //! use edgeclr::augment::{AugmentConfig, Augmenter};
 //! use edgeclr::data::{decode_image, DecodeLimits};
 //! use edgeclr::embed::embed_images;

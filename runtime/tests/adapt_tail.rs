@@ -6,9 +6,10 @@
 use std::path::PathBuf;
 
 use crate::common::repo;
+use edgeclr::adapt::config::AdaptConfig;
 use edgeclr::adapt::layers::{adapter_forward, mlp_forward};
 use edgeclr::adapt::tail::{self, ParamScope, TailChoice, TailError, TailSpec};
-use edgeclr::adapt::trainer::{AdaptConfig, Trainer};
+use edgeclr::adapt::trainer::Trainer;
 use edgeclr::adapt::views::{Precision, ViewCache};
 use edgeclr::adapt::Params;
 use edgeclr::onnx::parse_proto;
@@ -294,7 +295,7 @@ fn tail_config(bank: usize) -> AdaptConfig {
         head_out: 4,
         epochs: 2,
         lr: 1e-2,
-        train_tail: Some("conv".into()),
+        train_tail: Some(edgeclr::adapt::tail::TailChoice::Node("conv".into())),
         ..AdaptConfig::default()
     }
 }
@@ -486,7 +487,7 @@ fn labelled_trainer(cfg: &AdaptConfig) -> Trainer {
 fn supcon_trainer_keeps_labels_in_the_bank_and_resumes_exactly() {
     let manifest = Manifest::load(&repo("models/mobilenet_v2")).unwrap();
     let cfg = AdaptConfig {
-        loss: "supcon:tau=0.1".into(),
+        loss: "supcon:tau=0.1".parse().expect("objective spec"),
         batch_size: 4,
         bank_size: 8,
         bottleneck: 3,
@@ -536,7 +537,7 @@ fn supcon_trainer_keeps_labels_in_the_bank_and_resumes_exactly() {
 fn ce_trainer_fits_labels_and_resumes_exactly() {
     let manifest = Manifest::load(&repo("models/mobilenet_v2")).unwrap();
     let cfg = AdaptConfig {
-        loss: "ce".into(),
+        loss: "ce".parse().expect("objective spec"),
         classes: 3,
         epochs: 42,
         batch_size: 4,
@@ -583,7 +584,7 @@ fn ce_trainer_fits_labels_and_resumes_exactly() {
     let err = Trainer::new(no_classes, 6, 2).err().expect("refused");
     assert!(err.to_string().contains("classes"), "{err}");
     let stray = AdaptConfig {
-        loss: "infonce".into(),
+        loss: "infonce".parse().expect("objective spec"),
         ..cfg.clone()
     };
     assert!(Trainer::new(stray, 6, 2).is_err(), "classes without ce");
@@ -600,7 +601,7 @@ fn ce_trainer_fits_labels_and_resumes_exactly() {
 fn anchor_pulls_the_adapter_toward_its_source_weights() {
     let run = |anchor: f32| {
         let cfg = AdaptConfig {
-            loss: "infonce:tau=0.2".into(),
+            loss: "infonce:tau=0.2".parse().expect("objective spec"),
             batch_size: 4,
             bank_size: 0,
             bottleneck: 3,

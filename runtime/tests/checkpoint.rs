@@ -291,12 +291,13 @@ fn foreign_safetensors_files_are_clear_errors() {
 /// caller states must be the checkpoint's; none stated adopts them.
 #[test]
 fn resume_policy_names_every_differing_setting() {
+    use edgeclr::adapt::config::AdaptConfig;
     use edgeclr::adapt::resume::{self, ResumeError};
-    use edgeclr::adapt::trainer::{AdaptConfig, Trainer};
+    use edgeclr::adapt::trainer::Trainer;
     let dir = scratch("resume-policy");
     let manifest = Manifest::load(&repo("models/mobilenet_v2/manifest.toml")).unwrap();
     let saved = AdaptConfig {
-        loss: "supcon:tau=0.1".into(),
+        loss: "supcon:tau=0.1".parse().expect("objective spec"),
         bank_size: 64,
         batch_size: 8,
         anchor: 0.01,
@@ -325,7 +326,7 @@ fn resume_policy_names_every_differing_setting() {
     let other = AdaptConfig {
         lr: 0.01,
         anchor: 0.0,
-        train_tail: Some("auto".into()),
+        train_tail: Some(edgeclr::adapt::tail::TailChoice::Auto),
         ..saved.clone()
     };
     let err = resume::open(&path, &manifest, Some(&other)).unwrap_err();

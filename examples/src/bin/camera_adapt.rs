@@ -22,8 +22,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use edgeclr::adapt::adapted::AdaptedModel;
+use edgeclr::adapt::config::AdaptConfig;
+use edgeclr::adapt::loss::Objective;
 use edgeclr::adapt::resume;
-use edgeclr::adapt::trainer::{AdaptConfig, TrainError, Trainer};
+use edgeclr::adapt::trainer::{TrainError, Trainer};
 use edgeclr::adapt::views::ViewMaker;
 use edgeclr::adapt::Params;
 use edgeclr::data::Dataset;
@@ -62,8 +64,8 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     top: usize,
     /// Objective: infonce[:tau=0.2], align-uniform, spectral, sigmoid, byol.
-    #[arg(long, default_value = "infonce:tau=0.2")]
-    loss: String,
+    #[arg(long, default_value_t = AdaptConfig::default().loss)]
+    loss: Objective,
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
     /// MoCo memory bank length (0: in-batch negatives only).
@@ -110,7 +112,7 @@ enum FromTrainer {
 
 fn config(args: &Args) -> AdaptConfig {
     AdaptConfig {
-        loss: args.loss.clone(),
+        loss: args.loss,
         // A stream has no epochs: one "epoch" per step, and a schedule long
         // enough that the learning rate stays near `lr` after a short warm-up.
         epochs: 1_000_000,

@@ -17,8 +17,9 @@ use super::args::{
 use super::model::{manifest_of, EdgeclrModel};
 use super::registry;
 use super::status::{guard, EdgeclrStatus, FfiError};
+use edgeclr::adapt::config::AdaptConfig;
 use edgeclr::adapt::resume;
-use edgeclr::adapt::trainer::{AdaptConfig, Trainer};
+use edgeclr::adapt::trainer::Trainer;
 use edgeclr::Manifest;
 
 pub(crate) const KIND: &str = "trainer";

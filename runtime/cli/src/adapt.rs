@@ -9,9 +9,12 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use edgeclr::adapt::budget::RunShape;
 use edgeclr::adapt::checkpoint::Checkpoint;
+use edgeclr::adapt::config::AdaptConfig;
 use edgeclr::adapt::export::export_adapted;
+use edgeclr::adapt::loss::Objective;
+use edgeclr::adapt::optim::OptimizerKind;
 use edgeclr::adapt::tail::{load_tail, write_trunk, ParamScope, TailChoice, TailSpec};
-use edgeclr::adapt::trainer::{AdaptConfig, TrainError, Trainer};
+use edgeclr::adapt::trainer::{TrainError, Trainer};
 use edgeclr::adapt::views::{Precision, ViewCache, ViewMaker};
 use edgeclr::backend::load_encoder;
 use edgeclr::data::{find_duplicates, Dataset};
@@ -24,6 +27,12 @@ use serde::Serialize;
 
 use super::common::{progress, ModelArgs};
 use super::watch::{CollapseArgs, Watch};
+
+/// The library's defaults are the flags' defaults: one set, in
+/// [`AdaptConfig::default`].
+fn defaults() -> AdaptConfig {
+    AdaptConfig::default()
+}
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -68,32 +77,32 @@ pub struct Args {
     /// images nn=K nearest keys as positives, fnc=M next nearest dropped from negatives, uw=W
     /// their weight; defaults nn=0,fnc=0,uw=1),
     /// ce (supervised baseline: cross-entropy of a linear classifier, dropped at export).
-    #[arg(long, default_value = "infonce:tau=0.2")]
-    pub loss: String,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = defaults().loss)]
+    pub loss: Objective,
+    #[arg(long, default_value_t = defaults().epochs)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = defaults().batch_size)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = defaults().lr)]
     pub lr: f32,
     /// sgd or adamw.
-    #[arg(long, default_value = "adamw")]
-    pub optimizer: String,
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = defaults().optimizer)]
+    pub optimizer: OptimizerKind,
+    #[arg(long, default_value_t = defaults().weight_decay)]
     pub weight_decay: f32,
     /// MoCo queue length for infonce and supcon (0: in-batch negatives only).
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = defaults().bank_size)]
     pub bank_size: usize,
     /// EMA momentum of the key encoder.
-    #[arg(long, default_value_t = 0.99)]
+    #[arg(long, default_value_t = defaults().momentum)]
     pub momentum: f32,
     /// Adapter bottleneck width.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = defaults().bottleneck)]
     pub bottleneck: usize,
     /// Output width of the projection head the loss reads (SimCLR's MLP,
     /// dropped after training); 0: no head, the loss reads the adapted
     /// embedding itself, so everything it learns is in what is exported.
-    #[arg(long, default_value_t = 128, value_name = "N")]
+    #[arg(long, default_value_t = defaults().head_out, value_name = "N")]
     pub head_out: usize,
     /// Augmented views per image in the view cache (≥ 2).
     #[arg(long, default_value_t = 2)]
@@ -105,7 +114,7 @@ pub struct Args {
     /// --train-from). The trunk is cut before them and the views hold the
     /// cut tensor.
     #[arg(long, value_name = "auto|blocks:K|NODE", conflicts_with_all = ["train_blocks", "train_from"])]
-    pub train_tail: Option<String>,
+    pub train_tail: Option<TailChoice>,
     /// Train the last K blocks of the encoder (and the layers after them),
     /// found from the graph's structure (residual Adds, fan-outs, linear
     /// bottlenecks; `edgeclr layers` lists them). Depthwise and grouped
@@ -120,8 +129,8 @@ pub struct Args {
     /// Which parameters of the trained layers move: `all`, `biases`
     /// (TinyTL-style: conv/linear biases and BatchNorm shifts) or `norm`
     /// (per-channel scales and shifts). Needs a trained scope.
-    #[arg(long, value_name = "all|biases|norm", default_value = "all")]
-    pub train_params: edgeclr::adapt::tail::ParamScope,
+    #[arg(long, value_name = "all|biases|norm", default_value_t = defaults().train_params)]
+    pub train_params: ParamScope,
     /// Storage of the view cache: f16 or f32 (default: f16 with
     /// --train-tail, whose cut tensors are large; f32 otherwise).
     #[arg(long, value_name = "f16|f32")]
@@ -135,12 +144,12 @@ pub struct Args {
     /// toward the source weights by this fraction of the way (0: off; e.g.
     /// 0.01 for a long --stream). With --val the best epoch is exported
     /// anyway; the anchor is for runs nobody checks.
-    #[arg(long, default_value_t = 0.0, value_name = "A")]
+    #[arg(long, default_value_t = defaults().anchor, value_name = "A")]
     pub anchor: f32,
     /// Use only the first N training images.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = defaults().seed)]
     pub seed: u64,
     #[command(flatten)]
     pub collapse: CollapseArgs,
@@ -369,7 +378,7 @@ impl Args {
     fn tail_choice(&self) -> Result<Option<TailChoice>> {
         Ok(
             match (&self.train_tail, self.train_blocks, &self.train_from) {
-                (Some(t), _, _) => Some(t.parse().map_err(anyhow::Error::msg)?),
+                (Some(t), _, _) => Some(t.clone()),
                 (None, Some(k), _) => Some(TailChoice::Blocks(k as usize)),
                 (None, None, Some(n)) => Some(TailChoice::Node(n.clone())),
                 (None, None, None) => None,
@@ -471,7 +480,7 @@ pub fn run(mut args: Args) -> Result<()> {
     if let Some((spec, _, _)) = tail.as_mut() {
         spec.threads = args.model.threads;
     }
-    let objective: edgeclr::adapt::loss::Objective = args.loss.parse()?;
+    let objective = args.loss;
     let labels = if let Some(set) = &labelled {
         if !objective.uses_labels() {
             bail!("--labelled needs --loss supcon or ce (the objectives that read labels)");
@@ -484,7 +493,7 @@ pub fn run(mut args: Args) -> Result<()> {
             &data,
             n,
             args.labels_per_class,
-            &args.loss,
+            &args.loss.to_string(),
         )?)
     } else if args.labels_per_class.is_some() {
         bail!("--labels-per-class needs --loss supcon or ce (the objectives that read labels)");
@@ -496,20 +505,20 @@ pub fn run(mut args: Args) -> Result<()> {
         _ => 0,
     };
     let config = AdaptConfig {
-        loss: args.loss.clone(),
+        loss: args.loss,
         classes,
         anchor: args.anchor,
         epochs: args.epochs,
         batch_size: args.batch_size,
         lr: args.lr,
-        optimizer: args.optimizer.clone(),
+        optimizer: args.optimizer,
         weight_decay: args.weight_decay,
         bottleneck: args.bottleneck,
         head_out: args.head_out,
         bank_size: args.bank_size,
         momentum: args.momentum,
         seed: args.seed,
-        train_tail: train_tail.as_ref().map(ToString::to_string),
+        train_tail: train_tail.clone(),
         train_params: args.train_params,
         ..AdaptConfig::default()
     };
@@ -931,7 +940,7 @@ fn memory_shape(
         } else {
             args.head_out
         },
-        predictor: args.loss.starts_with("byol"),
+        predictor: args.loss.needs_predictor(),
         model_file_bytes: std::fs::metadata(&manifest.onnx).map_or(0, |m| m.len()),
         precision,
         threads: args.model.threads,

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use edgeclr::adapt::trainer::{AdaptConfig, Trainer};
+use edgeclr::adapt::config::AdaptConfig;
+use edgeclr::adapt::trainer::Trainer;
 use edgeclr::adapt::views::{Precision, ViewCache};
 use edgeclr::data::Dataset;
 use edgeclr::embed::{embed_dataset, embed_images, EmbedOptions, Embeddings};
@@ -483,7 +484,7 @@ fn adapt_step(
                 train_and_score(args, loss, &cache, data, probe_config, "baseline")
                     .with_context(|| format!("the --adapt-baseline {loss} run"))?;
             Some(BaselineReport {
-                loss: config.loss,
+                loss: config.loss.to_string(),
                 seconds: t0.elapsed().as_secs_f64(),
                 adapted,
             })
@@ -539,7 +540,7 @@ fn adapt_step(
     row("effective rank", &|s| s.effective_rank, false);
     Ok(AdaptReport {
         model,
-        loss: config.loss,
+        loss: config.loss.to_string(),
         labelled,
         epochs: args.adapt_epochs,
         augmented_views: args.adapt_views.max(1),
@@ -563,7 +564,7 @@ fn train_and_score(
 ) -> Result<(AdaptConfig, Side)> {
     let objective: edgeclr::adapt::loss::Objective = loss.parse()?;
     let config = AdaptConfig {
-        loss: loss.to_string(),
+        loss: objective,
         epochs: args.adapt_epochs,
         batch_size: 64,
         bank_size: 1024,

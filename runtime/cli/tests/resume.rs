@@ -44,7 +44,7 @@ fn resume_refuses_other_settings_and_continues_with_the_same() {
     let err = stderr(&other);
     assert!(err.contains("lr is 0.001 there, 0.01 here"), "{err}");
     assert!(
-        err.contains("loss is \"infonce:tau=0.2\" there, \"spectral\" here"),
+        err.contains("loss is \"infonce:tau=0.2\" there, \"spectral:mu=1\" here"),
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");

@@ -13,6 +13,7 @@ pub mod bank;
 pub mod budget;
 pub mod checkpoint;
 pub mod collapse;
+pub mod config;
 pub mod export;
 pub mod layers;
 pub mod loss;

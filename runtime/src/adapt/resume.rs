@@ -18,7 +18,8 @@
 //!
 //! ```no_run
 //! use edgeclr::adapt::resume;
-//! use edgeclr::adapt::trainer::{AdaptConfig, Trainer};
+//! use edgeclr::adapt::config::AdaptConfig;
+//! use edgeclr::adapt::trainer::Trainer;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let manifest = edgeclr::Manifest::load("models/mobilenet_v2/manifest.toml".as_ref())?;
 //! let flags = AdaptConfig::default();
@@ -31,7 +32,7 @@
 use std::path::{Path, PathBuf};
 
 use super::checkpoint::{Checkpoint, CheckpointError};
-use super::trainer::AdaptConfig;
+use super::config::AdaptConfig;
 use crate::Manifest;
 
 /// Why a run cannot resume from a checkpoint.

@@ -16,15 +16,16 @@ use ndarray::{Array2, ArrayD, ArrayView2, Axis};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::adapted::{self, AdaptedModel};
 use super::bank::MemoryBank;
+use super::config::AdaptConfig;
 use super::layers::{
     adapter_backward, adapter_forward, init_adapter, init_mlp, mlp_backward, mlp_forward,
 };
 use super::loss::{self, Objective, SigmoidParams};
-use super::optim::{CosineSchedule, Optimizer, OptimizerKind};
+use super::optim::{CosineSchedule, Optimizer};
 use super::params::Params;
 use super::tail::{self, TailCache, TailSpec, TAIL_PREFIX};
 use super::views::ViewCache;
@@ -50,144 +51,10 @@ pub enum TrainError {
     NonFinite { step: u64, what: String },
 }
 
-/// Everything that defines a run; stored in checkpoints so a resume is exact.
-/// Unknown fields are refused (a C caller's typo in a key, a checkpoint from
-/// a newer edgeclr with settings this one does not know).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdaptConfig {
-    /// Objective, e.g. `infonce`, `infonce:tau=0.2`, `align-uniform`, `spectral`.
-    pub loss: String,
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub lr: f32,
-    pub optimizer: String,
-    pub weight_decay: f32,
-    pub warmup_epochs: usize,
-    /// Width of the adapter's bottleneck.
-    pub bottleneck: usize,
-    pub head_hidden: usize,
-    /// Width of the projection head's output; 0: no head, the loss reads
-    /// the adapted embedding itself (what k-NN and probes use), so what the
-    /// loss learns cannot stay in a head that is thrown away.
-    pub head_out: usize,
-    /// MoCo queue length for `infonce` (0: in-batch negatives only).
-    pub bank_size: usize,
-    /// EMA momentum of the key/target copy.
-    pub momentum: f32,
-    pub seed: u64,
-    /// The trainable tail layers of the ONNX graph (`auto` or the first
-    /// node's name; `None`: adapter only). Absent in older checkpoints.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub train_tail: Option<String>,
-    /// Which of the tail's parameters train (`all`, `biases`, `norm`).
-    /// Absent in older checkpoints.
-    #[serde(default, skip_serializing_if = "is_all")]
-    pub train_params: super::tail::ParamScope,
-    /// Classes of the softmax classifier that `--loss ce` trains (labels
-    /// must be below it); 0 for every other objective. Absent in older
-    /// checkpoints.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub classes: usize,
-    /// Pull toward the source weights after every step: the adapter and
-    /// tail move by `anchor × (source − current)` (0: off). A guard for
-    /// long unsupervised streams, which are known to drift away from what
-    /// the frozen encoder could do (long-run test-time adaptation decays);
-    /// the fixed point balances the loss's pull against this one. Absent
-    /// in older checkpoints.
-    #[serde(default, skip_serializing_if = "is_zero_f32")]
-    pub anchor: f32,
-}
-
-fn is_all(p: &super::tail::ParamScope) -> bool {
-    *p == super::tail::ParamScope::All
-}
-
-fn is_zero_f32(x: &f32) -> bool {
-    *x == 0.0
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
-}
-
 /// Names of the `ce` objective's classifier in [`Params`] (`[C, D]`, `[C]`).
 pub const CLASSIFIER_WEIGHT: &str = "loss.classifier.weight";
 /// See [`CLASSIFIER_WEIGHT`].
 pub const CLASSIFIER_BIAS: &str = "loss.classifier.bias";
-
-impl Default for AdaptConfig {
-    fn default() -> Self {
-        Self {
-            loss: "infonce:tau=0.2".into(),
-            epochs: 10,
-            batch_size: 64,
-            lr: 1e-3,
-            optimizer: "adamw".into(),
-            weight_decay: 1e-4,
-            warmup_epochs: 1,
-            bottleneck: 128,
-            head_hidden: 512,
-            head_out: 128,
-            bank_size: 4096,
-            momentum: 0.99,
-            seed: 0,
-            train_tail: None,
-            train_params: super::tail::ParamScope::All,
-            classes: 0,
-            anchor: 0.0,
-        }
-    }
-}
-
-impl AdaptConfig {
-    pub fn objective(&self) -> Result<Objective, TrainError> {
-        Ok(self.loss.parse::<Objective>()?)
-    }
-
-    /// Width of what the loss (and the bank) sees for `dim`-wide adapted
-    /// embeddings: the head's output, or the embedding without a head.
-    pub fn loss_dim(&self, dim: usize) -> usize {
-        if self.head_out == 0 {
-            dim
-        } else {
-            self.head_out
-        }
-    }
-
-    fn validate(&self) -> Result<(), TrainError> {
-        let bad = |m: &str| Err(TrainError::Config(m.into()));
-        if self.batch_size < 2 {
-            return bad("batch size must be at least 2");
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad("learning rate must be positive");
-        }
-        if !(0.0..1.0).contains(&self.momentum) {
-            return bad("momentum must be in [0, 1)");
-        }
-        if !(0.0..=1.0).contains(&self.anchor) {
-            return bad("anchor must be in [0, 1] (0: off; 1: never leave the source weights)");
-        }
-        if self.bank_size > 0 && self.bank_size < self.batch_size {
-            return bad("bank size must be 0 or at least the batch size");
-        }
-        if self.bottleneck == 0 || (self.head_out > 0 && self.head_hidden == 0) {
-            return bad("layer widths must be positive");
-        }
-        let objective = self.objective()?;
-        if self.head_out == 0 && objective.needs_predictor() {
-            return bad("byol needs a projection head (head_out > 0)");
-        }
-        if objective.needs_classes() && self.classes < 2 {
-            return bad("ce needs the number of classes (at least 2) of the labels it trains on");
-        }
-        if !objective.needs_classes() && self.classes != 0 {
-            return bad("classes is only used by --loss ce");
-        }
-        Ok(())
-    }
-}
 
 /// A 2-D view of a parameter that must be a matrix.
 fn matrix<'a>(p: &'a ArrayD<f32>, name: &str) -> Result<ArrayView2<'a, f32>, TrainError> {
@@ -232,8 +99,7 @@ pub struct Trainer {
 }
 
 fn optimizer(config: &AdaptConfig) -> Result<Box<dyn Optimizer>, TrainError> {
-    let kind: OptimizerKind = config.optimizer.parse()?;
-    Ok(kind.build(config.lr, config.weight_decay))
+    Ok(config.optimizer.build(config.lr, config.weight_decay))
 }
 
 impl Trainer {
