@@ -274,10 +274,7 @@ fn append_pooling(proto: &mut pb::ModelProto, manifest: &Manifest) -> Result<Str
             "pools '{embedding}', whose shape {shape:?} is not [C, H, W]"
         )));
     };
-    let graph = proto
-        .graph
-        .as_mut()
-        .ok_or_else(|| ExportError::Graph("holds no graph".into()))?;
+    let graph = crate::onnx::graph_mut(proto)?;
     let map = format!("{embedding}_pool_map");
     let pooled = format!("{embedding}_pooled");
     let step = |op: &str, input: &str, output: &str, attribute| {
@@ -334,10 +331,7 @@ fn append_adapter(
     embedding: &str,
     adapter: &Params,
 ) -> Result<(), ExportError> {
-    let graph = proto
-        .graph
-        .as_mut()
-        .ok_or_else(|| ExportError::Graph("holds no graph".into()))?;
+    let graph = crate::onnx::graph_mut(proto)?;
     let frozen = format!("{embedding}_frozen");
     let hidden_down = format!("{embedding}_adapter_down");
     let hidden_relu = format!("{embedding}_adapter_relu");

@@ -310,11 +310,7 @@ impl ViewCache {
     /// Bytes held by the stored views.
     pub fn memory_bytes(&self) -> usize {
         let (n, w) = self.views.first().map_or((0, 0), ViewStore::dim);
-        let per = match self.precision {
-            Precision::F16 => 2,
-            Precision::F32 => 4,
-        };
-        self.views.len() * n * w * per
+        self.views.len() * n * w * self.precision.bytes()
     }
 
     /// The listed images' view `v` as f32, `[rows.len(), W]`.
