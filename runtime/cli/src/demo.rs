@@ -480,7 +480,7 @@ fn adapt_step(
         probe_config,
         "adapting",
     )?;
-    let labelled = config.objective()?.uses_labels();
+    let labelled = config.loss.uses_labels();
     let baseline = match args.adapt_baseline.as_str() {
         "none" => None,
         loss => {

@@ -110,11 +110,6 @@ impl Default for AdaptConfig {
 }
 
 impl AdaptConfig {
-    /// The objective (a copy of [`AdaptConfig::loss`]).
-    pub fn objective(&self) -> Result<Objective, TrainError> {
-        Ok(self.loss)
-    }
-
     /// Width of what the loss (and the bank) sees for `dim`-wide adapted
     /// embeddings: the head's output, or the embedding without a head.
     pub fn loss_dim(&self, dim: usize) -> usize {

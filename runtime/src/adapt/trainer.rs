@@ -128,7 +128,7 @@ impl Trainer {
             ));
         }
         let dim = tail.as_ref().map_or(dim, |(spec, _)| spec.out_dim);
-        let objective = config.objective()?;
+        let objective = config.loss;
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let mut params = Params::new();
         init_adapter(&mut params, dim, config.bottleneck, &mut rng);
