@@ -31,6 +31,8 @@ pub enum Error {
     Resume(#[from] crate::adapt::resume::ResumeError),
     #[error(transparent)]
     Views(#[from] crate::adapt::views::ViewError),
+    #[error(transparent)]
+    Session(#[from] crate::adapt::session::SessionError),
 }
 
 /// `Result` with edgeclr's [`Error`].

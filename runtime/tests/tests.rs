@@ -23,3 +23,4 @@ mod nn_torch;
 mod ort_parity;
 mod probe;
 mod second_model;
+mod session;

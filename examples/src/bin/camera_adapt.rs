@@ -24,7 +24,7 @@ use clap::Parser;
 use edgeclr::adapt::adapted::AdaptedModel;
 use edgeclr::adapt::config::AdaptConfig;
 use edgeclr::adapt::loss::Objective;
-use edgeclr::adapt::resume;
+use edgeclr::adapt::session::{Session, SessionOptions};
 use edgeclr::adapt::trainer::{TrainError, Trainer};
 use edgeclr::adapt::views::ViewMaker;
 use edgeclr::adapt::Params;
@@ -127,11 +127,11 @@ fn config(args: &Args) -> AdaptConfig {
 }
 
 struct TrainerThread {
-    trainer: Trainer,
+    /// The library's session: the run directory's checkpoint and the one
+    /// resume policy; this thread is the loop (a stream has no epochs).
+    session: Session,
     encoder: Box<dyn Encoder>,
     views: ViewMaker,
-    manifest: Manifest,
-    checkpoint: PathBuf,
     checkpoint_every: u64,
     capacity: usize,
     /// Picks each batch from the recent frames.
@@ -141,35 +141,31 @@ struct TrainerThread {
 
 impl TrainerThread {
     fn save(&mut self) -> Result<()> {
-        let config = self.trainer.config.clone();
-        self.trainer
-            .checkpoint(&self.manifest, &config, 0)?
-            .save(&self.checkpoint)
-            .with_context(|| format!("writing {}", self.checkpoint.display()))?;
+        self.session.save_checkpoint(0)?;
         self.checkpoints += 1;
         Ok(())
     }
 
     fn step(&mut self, frames: &VecDeque<RgbImage>) -> Result<FromTrainer> {
-        let batch = self.trainer.config.batch_size.min(frames.len());
+        let batch = self.session.trainer().config.batch_size.min(frames.len());
         let picks = rand::seq::index::sample(&mut self.rng, frames.len(), batch);
         let picked: Vec<&RgbImage> = picks.iter().map(|i| &frames[i]).collect();
         let (x1, x2) = self.views.pairs(&mut *self.encoder, &picked)?;
-        let report = match self.trainer.train_step(x1.view(), x2.view()) {
+        let report = match self.session.step(x1.view(), x2.view()) {
             Ok(r) => r,
             Err(e @ TrainError::NonFinite { .. }) => {
                 return Ok(FromTrainer::Skipped(e.to_string()))
             }
             Err(e) => return Err(e.into()),
         };
-        let a1 = self.trainer.adapt(x1.view())?;
-        let a2 = self.trainer.adapt(x2.view())?;
+        let trainer = self.session.trainer();
+        let (a1, a2) = (trainer.adapt(x1.view())?, trainer.adapt(x2.view())?);
         let diag = Diagnostics::compute(a1.view(), Some(a2.view())).ok();
         if self.checkpoint_every > 0 && report.step % self.checkpoint_every == 0 {
             self.save()?;
         }
         Ok(FromTrainer::Step(
-            Box::new(self.trainer.params.clone()),
+            Box::new(self.session.trainer().params.clone()),
             AdaptReadout {
                 step: report.step,
                 loss: report.loss,
@@ -216,7 +212,7 @@ impl TrainerThread {
                 }
             }
             if let Some(min_steps) = finish {
-                if self.trainer.step >= min_steps {
+                if self.session.trainer().step >= min_steps {
                     break;
                 }
                 if frames.len() < 2 {
@@ -225,7 +221,7 @@ impl TrainerThread {
                         frames.len()
                     );
                 }
-            } else if frames.len() < self.trainer.config.batch_size {
+            } else if frames.len() < self.session.trainer().config.batch_size {
                 // Wait for enough distinct frames for a batch.
                 match rx.recv_timeout(Duration::from_millis(200)) {
                     Ok(msg) => push(&mut frames, msg, &mut finish),
@@ -338,28 +334,30 @@ impl Live {
     }
 }
 
-/// A fresh trainer, or the one in `checkpoint` when resuming (the library's
-/// one resume policy: the checkpoint must be this model's, trained with the
-/// settings these flags give; a difference is refused, naming each setting).
-fn build_trainer(
+/// A session on a fresh trainer, or on the run directory's checkpoint when
+/// resuming (the library's one resume policy: the checkpoint must be this
+/// model's, trained with the settings these flags give; a difference is
+/// refused, naming each setting).
+fn open_session(
     cfg: AdaptConfig,
     dim: usize,
-    checkpoint: &Path,
+    run_dir: &Path,
     resume: bool,
     manifest: &Manifest,
-) -> Result<Trainer> {
-    if !resume {
-        return Ok(Trainer::new(cfg, dim, 1)?);
+) -> Result<Session> {
+    let trainer = Trainer::new(cfg.clone(), dim, 1)?;
+    let options = SessionOptions {
+        resume,
+        ..SessionOptions::new(run_dir)
+    };
+    let session = Session::open(trainer, manifest.clone(), cfg, &options)?;
+    if let Some((_, step)) = session.resumed() {
+        eprintln!(
+            "resumed from {} at step {step}",
+            run_dir.join("checkpoint.safetensors").display()
+        );
     }
-    let ckpt = resume::open(checkpoint, manifest, Some(&cfg))?.checkpoint;
-    let mut trainer = Trainer::new(cfg, dim, 1)?;
-    trainer.restore_from(&ckpt)?;
-    eprintln!(
-        "resumed from {} at step {}",
-        checkpoint.display(),
-        ckpt.step
-    );
-    Ok(trainer)
+    Ok(session)
 }
 
 fn main() -> Result<()> {
@@ -373,7 +371,6 @@ fn main() -> Result<()> {
     let cfg = config(&args);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let checkpoint = args.out.join("checkpoint.safetensors");
 
     let mut encoder = c.load_encoder(&manifest, args.knn_from.is_some())?;
     let preprocessor = Preprocessor::new(&manifest);
@@ -398,35 +395,28 @@ fn main() -> Result<()> {
         mpsc::sync_channel(args.buffer.max(2));
     let (trainer_tx, updates) = mpsc::channel();
     // The Trainer is built on its own thread (it need not be Send).
-    let (worker_manifest, worker_checkpoint) = (manifest.clone(), checkpoint.clone());
+    let (worker_manifest, run_dir) = (manifest.clone(), args.out.clone());
     let worker_cfg = cfg.clone();
     let (resume, checkpoint_every, capacity) =
         (args.resume, args.checkpoint_every, args.buffer.max(2));
     let rng = rand::rngs::StdRng::seed_from_u64(args.seed ^ 0x5eed);
     let handle = thread::spawn(move || {
-        let trainer = match build_trainer(
-            worker_cfg,
-            dim,
-            &worker_checkpoint,
-            resume,
-            &worker_manifest,
-        ) {
-            Ok(t) => t,
+        let session = match open_session(worker_cfg, dim, &run_dir, resume, &worker_manifest) {
+            Ok(s) => s,
             Err(e) => {
                 let _ = trainer_tx.send(FromTrainer::Failed(format!("{e:#}")));
                 return;
             }
         };
+        let trainer = session.trainer();
         let ready = FromTrainer::Ready(Box::new(trainer.params.clone()), trainer.step);
         if trainer_tx.send(ready).is_err() {
             return;
         }
         TrainerThread {
-            trainer,
+            session,
             encoder: train_encoder,
             views,
-            manifest: worker_manifest,
-            checkpoint: worker_checkpoint,
             checkpoint_every,
             capacity,
             rng,

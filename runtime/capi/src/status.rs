@@ -118,6 +118,8 @@ impl From<edgeclr::Error> for FfiError {
                 edgeclr::adapt::checkpoint::CheckpointError::Io { .. },
             )) => EdgeclrStatus::Io,
             E::Resume(_) => EdgeclrStatus::Checkpoint,
+            E::Session(edgeclr::adapt::session::SessionError::Io { .. }) => EdgeclrStatus::Io,
+            E::Session(_) => EdgeclrStatus::Train,
         };
         Self::new(status, e.to_string())
     }

@@ -1,32 +1,26 @@
 //! `edgeclr adapt`: contrastive fine-tuning of an adapter + projection head on
 //! top of the frozen encoder, from unlabelled images, on the device.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use edgeclr::adapt::budget::RunShape;
-use edgeclr::adapt::checkpoint::Checkpoint;
 use edgeclr::adapt::config::AdaptConfig;
-use edgeclr::adapt::export::export_adapted;
 use edgeclr::adapt::loss::Objective;
 use edgeclr::adapt::optim::OptimizerKind;
+use edgeclr::adapt::session::run_dir::{self, EpochLog};
+use edgeclr::adapt::session::val::ValSet;
+use edgeclr::adapt::session::{Session, SessionEvents, SessionOptions, TrainViews};
 use edgeclr::adapt::tail::{load_tail, write_trunk, ParamScope, TailChoice, TailSpec};
-use edgeclr::adapt::trainer::{TrainError, Trainer};
+use edgeclr::adapt::trainer::{StepReport, Trainer};
 use edgeclr::adapt::views::{Precision, ViewCache, ViewMaker};
 use edgeclr::backend::load_encoder;
 use edgeclr::data::{find_duplicates, Dataset};
-use edgeclr::embed::{embed_dataset, EmbedOptions};
-use edgeclr::metrics::Diagnostics;
-use edgeclr::probe::{KnnHead, LinearProbe, LinearProbeConfig};
 use edgeclr::{Encoder, LoadOptions};
-use ndarray::Array2;
-use serde::Serialize;
 
 use super::common::{progress, ModelArgs};
-use super::watch::{CollapseArgs, Watch};
+use super::watch::CollapseArgs;
 
 /// The library's defaults are the flags' defaults: one set, in
 /// [`AdaptConfig::default`].
@@ -159,93 +153,6 @@ pub struct Args {
     pub memory_budget: Option<u64>,
 }
 
-/// One line of metrics.jsonl.
-#[derive(Debug, Serialize)]
-struct EpochLog {
-    epoch: usize,
-    step: u64,
-    loss: f64,
-    lr: f32,
-    alignment: Option<f64>,
-    uniformity: f64,
-    effective_rank: f64,
-    knn_acc: Option<f64>,
-    seconds: f64,
-    /// Bytes held by the view cache (0 when streaming).
-    cache_bytes: usize,
-}
-
-/// The best epoch on `--val` so far and its k-NN accuracy, kept as
-/// `checkpoint.best.safetensors` (the accuracy as its `val.knn_acc`
-/// tensor, so one atomic file holds both).
-struct Best {
-    epoch: usize,
-    knn: f64,
-}
-
-const BEST_KNN: &str = "val.knn_acc";
-
-impl Best {
-    /// The accuracy is kept at the f32 precision it is stored in, so a
-    /// resumed run compares the next epochs against the same number.
-    fn new(epoch: usize, knn: f64) -> Self {
-        Self {
-            epoch,
-            knn: f64::from(knn as f32),
-        }
-    }
-
-    fn save(
-        &self,
-        trainer: &Trainer,
-        manifest: &edgeclr::Manifest,
-        config: &AdaptConfig,
-        path: &Path,
-    ) -> Result<()> {
-        let mut ckpt = trainer.checkpoint(manifest, config, self.epoch as u64)?;
-        ckpt.tensors.insert(
-            BEST_KNN,
-            ndarray::ArrayD::from_elem(vec![1], self.knn as f32),
-        );
-        ckpt.save(path)
-            .with_context(|| format!("writing {}", path.display()))
-    }
-
-    fn read(path: &Path) -> Result<Self> {
-        let ckpt = Checkpoint::load(path)?;
-        let knn = ckpt
-            .tensors
-            .get(BEST_KNN)
-            .with_context(|| format!("{} has no {BEST_KNN}", path.display()))?;
-        let knn = knn.iter().next().copied().unwrap_or(f32::NAN);
-        Ok(Self::new(ckpt.epoch as usize, f64::from(knn)))
-    }
-}
-
-/// Labelled evaluation data: frozen embeddings of a train and a test split.
-struct Val {
-    train: Array2<f32>,
-    train_labels: Vec<usize>,
-    test: Array2<f32>,
-    test_labels: Vec<usize>,
-    classes: Vec<String>,
-}
-
-fn knn_acc(train: &Array2<f32>, val: &Val, test: &Array2<f32>) -> Result<f64> {
-    let head = KnnHead::from_labelled(train.view(), &val.train_labels, val.classes.clone(), 20)?;
-    Ok(head.accuracy(test.view(), &val.test_labels)?)
-}
-
-fn probe_acc(train: &Array2<f32>, val: &Val, test: &Array2<f32>) -> Result<f64> {
-    let (probe, _) = LinearProbe::fit(
-        train.view(),
-        &val.train_labels,
-        val.classes.clone(),
-        &LinearProbeConfig::default(),
-    )?;
-    Ok(probe.accuracy(test.view(), &val.test_labels)?)
-}
-
 /// The train and test parts of `--val` (and `--val-test`).
 fn val_datasets(val: &Path, val_test: Option<&Path>) -> Result<(Dataset, Dataset)> {
     let open = |path: &Path, split: Option<&str>| {
@@ -264,44 +171,33 @@ fn val_datasets(val: &Path, val_test: Option<&Path>) -> Result<(Dataset, Dataset
     }
 }
 
-fn load_val(encoder: &mut dyn Encoder, val: &Path, val_test: Option<&Path>) -> Result<Val> {
-    let (train_set, test_set) = val_datasets(val, val_test)?;
-    if train_set.class_names() != test_set.class_names() {
-        bail!(
-            "--val: the train and test parts have different classes ({:?} against {:?})",
-            train_set.class_names().unwrap_or_default(),
-            test_set.class_names().unwrap_or_default()
-        );
-    }
-    let mut split = |name: &str| -> Result<(Array2<f32>, Vec<usize>, Vec<String>)> {
-        let data = if name == "train" {
-            &train_set
-        } else {
-            &test_set
-        };
-        let bar = progress(data.len() as u64, &format!("val {name}"));
-        let out = embed_dataset(
-            encoder,
-            data,
-            &EmbedOptions {
-                strict: true,
-                ..EmbedOptions::default()
-            },
-            |n| bar.set_position(n as u64),
-        )?;
-        bar.finish_and_clear();
-        let labels = out.labels.context("--val needs labelled data")?;
-        Ok((out.embeddings, labels, out.class_names.unwrap_or_default()))
-    };
-    let (train, train_labels, classes) = split("train")?;
-    let (test, test_labels, _) = split("test")?;
-    Ok(Val {
-        train,
-        train_labels,
-        test,
-        test_labels,
-        classes,
+/// Frozen embeddings of `--val`'s two parts, with a progress bar each.
+fn load_val(encoder: &mut dyn Encoder, train: &Dataset, test: &Dataset) -> Result<ValSet> {
+    let mut bar: Option<(String, indicatif::ProgressBar)> = None;
+    let val = ValSet::embed(encoder, train, test, |split, done| {
+        if bar.as_ref().is_none_or(|(s, _)| s != split) {
+            let len = if split == "train" {
+                train.len()
+            } else {
+                test.len()
+            };
+            if let Some((_, old)) = bar.take() {
+                old.finish_and_clear();
+            }
+            bar = Some((
+                split.to_owned(),
+                progress(len as u64, &format!("val {split}")),
+            ));
+        }
+        if let Some((_, b)) = &bar {
+            b.set_position(done as u64);
+        }
     })
+    .context("--val")?;
+    if let Some((_, b)) = bar {
+        b.finish_and_clear();
+    }
+    Ok(val)
 }
 
 /// Refuses a training set of copies of one image (no negatives: adaptation
@@ -348,28 +244,6 @@ pub(super) fn build_cache(
     Ok(cache)
 }
 
-/// Where the training views come from.
-enum Views {
-    /// Computed once, reused every epoch.
-    Cache(ViewCache),
-    /// Drawn fresh every step; `diag` holds two fixed views of the first
-    /// images for the per-epoch diagnostics.
-    Stream {
-        maker: Box<ViewMaker>,
-        diag: ViewCache,
-    },
-}
-
-impl Views {
-    /// The cache the diagnostics read.
-    fn diag(&self) -> &ViewCache {
-        match self {
-            Views::Cache(c) => c,
-            Views::Stream { diag, .. } => diag,
-        }
-    }
-}
-
 /// Images used for the per-epoch diagnostics in streaming mode.
 const STREAM_DIAG_IMAGES: usize = 256;
 
@@ -393,8 +267,6 @@ pub fn run(mut args: Args) -> Result<()> {
     }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let ckpt_path = args.out.join("checkpoint.safetensors");
-    let log_path = args.out.join("metrics.jsonl");
     let data = Dataset::open(&args.images, Some("train"))
         .with_context(|| format!("opening {}", args.images.display()))?;
     let n = args.limit.map_or(data.len(), |l| l.min(data.len()));
@@ -552,20 +424,30 @@ pub fn run(mut args: Args) -> Result<()> {
         );
         trainer.set_labels(labels);
     }
-    let mut first_epoch = 0;
-    if args.resume {
-        // The library's one resume policy: same model, same settings (a
-        // difference is refused, naming each setting).
-        let ckpt = edgeclr::adapt::resume::open(&ckpt_path, &manifest, Some(&config))?.checkpoint;
-        trainer.restore_from(&ckpt)?;
-        first_epoch = ckpt.epoch as usize;
-        trim_log(&log_path, first_epoch)?;
+    let options = SessionOptions {
+        run_dir: args.out.clone(),
+        resume: args.resume,
+        collapse: args.collapse.rule(),
+        rollback: args.collapse.rollback,
+    };
+    // The library's session: the one resume policy (same model, same
+    // settings; a difference is refused, naming each setting), the epoch
+    // loop and its crash rules, the alarm, best-on-val and the export.
+    let mut session = Session::open(trainer, manifest.clone(), config, &options)?;
+    if let Some((epoch, step)) = session.resumed() {
         println!(
-            "resumed from {} at epoch {first_epoch}, step {}",
-            ckpt_path.display(),
-            ckpt.step
+            "resumed from {} at epoch {epoch}, step {step}",
+            session.run_dir().file(run_dir::CHECKPOINT).display()
         );
     }
+    // Validation embeddings first: the streaming views below hold the encoder.
+    let val = match &args.val {
+        Some(dir) => {
+            let (train, test) = val_datasets(dir, args.val_test.as_deref())?;
+            Some(load_val(&mut *encoder, &train, &test)?)
+        }
+        None => None,
+    };
     let started = Instant::now();
     let mut views = if args.stream {
         let diag = build_cache(
@@ -582,7 +464,14 @@ pub fn run(mut args: Args) -> Result<()> {
             diag.len(),
             diag.memory_bytes() as f64 / (1 << 20) as f64,
         );
-        Views::Stream { maker, diag }
+        TrainViews::Stream {
+            maker,
+            encoder: &mut *encoder,
+            data: &data,
+            images: n,
+            seed: args.seed,
+            diag,
+        }
     } else {
         let mut cache = build_cache(&mut *encoder, &data, n, args.views, args.seed, precision)?;
         if let Some(set) = &labelled {
@@ -607,131 +496,54 @@ pub fn run(mut args: Args) -> Result<()> {
             cache.memory_bytes() as f64 / (1 << 20) as f64,
             started.elapsed().as_secs_f64()
         );
-        Views::Cache(cache)
+        TrainViews::Cache(cache)
     };
-    let cache_bytes = match &views {
-        Views::Cache(c) => c.memory_bytes(),
-        Views::Stream { .. } => 0,
-    };
-    let val = args
-        .val
-        .as_deref()
-        .map(|d| load_val(&mut *encoder, d, args.val_test.as_deref()))
-        .transpose()?;
+    let summary = session.run(&mut views, val.as_ref(), &mut Printer::default())?;
+    println!(
+        "exported the adapted encoder to {} ({})",
+        summary.exported.onnx.display(),
+        summary.exported.name
+    );
+    if let (Some(f), Some(a)) = (summary.frozen, summary.adapted) {
+        println!("\n                 k-NN (k=20)   linear probe");
+        println!(
+            "  frozen         {:>9.2}%   {:>10.2}%",
+            f.knn * 100.0,
+            f.probe * 100.0
+        );
+        println!(
+            "  adapted        {:>9.2}%   {:>10.2}%",
+            a.knn * 100.0,
+            a.probe * 100.0
+        );
+    }
+    println!("run directory: {}", args.out.display());
+    super::memory::print_peak_rss();
+    Ok(())
+}
 
-    if !args.resume {
-        trainer.prefill_bank(views.diag().view(0).view())?;
-        let _ = std::fs::remove_file(&log_path);
+/// How `edgeclr adapt` shows a session: a progress bar per epoch, a line
+/// per epoch, warnings on stderr, decisions on stdout.
+#[derive(Default)]
+struct Printer {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl SessionEvents for Printer {
+    fn epoch_begins(&mut self, epoch: usize, steps: usize) {
+        self.bar = Some(progress(steps as u64, &format!("epoch {epoch}")));
     }
 
-    let frozen = val
-        .as_ref()
-        .map(|v| -> Result<(f64, f64)> {
-            let (tr, te) = (
-                trainer.frozen(v.train.view())?,
-                trainer.frozen(v.test.view())?,
-            );
-            Ok((knn_acc(&tr, v, &te)?, probe_acc(&tr, v, &te)?))
-        })
-        .transpose()?;
-    let (d0, d1) = (views.diag().view(0), views.diag().view(1));
-    let frozen_diag = Diagnostics::compute(
-        trainer.frozen(d0.view())?.view(),
-        Some(trainer.frozen(d1.view())?.view()),
-    )?;
-    let mut watch = Watch::new(
-        &args.out,
-        &args.collapse,
-        &frozen_diag,
-        frozen.map(|f| f.0),
-        args.resume,
-    )?;
-    if !args.resume || !watch.good_path().exists() {
-        trainer
-            .checkpoint(&manifest, &config, first_epoch as u64)?
-            .save(&watch.good_path())?;
-    }
-    // With --val: the best epoch so far by val k-NN, the frozen encoder
-    // (epoch 0) included, is what gets exported.
-    let best_path = args.out.join("checkpoint.best.safetensors");
-    let mut best = match frozen {
-        None => None,
-        Some(_) if args.resume && best_path.exists() => Some(Best::read(&best_path)?),
-        Some((frozen_knn, _)) => {
-            let best = Best::new(0, frozen_knn);
-            best.save(&trainer, &manifest, &config, &best_path)?;
-            Some(best)
-        }
-    };
-    for epoch in first_epoch..args.epochs {
-        let t = Instant::now();
-        let bar = progress(steps as u64, &format!("epoch {}", epoch + 1));
-        let mut last_lr = 0.0;
-        let on_step = |r: &edgeclr::adapt::trainer::StepReport| {
+    fn step(&mut self, _report: &StepReport) {
+        if let Some(bar) = &self.bar {
             bar.inc(1);
-            last_lr = r.lr;
-        };
-        let trained: Result<f64> = match &mut views {
-            Views::Cache(cache) => trainer.train_epoch(cache, on_step).map_err(Into::into),
-            Views::Stream { maker, .. } => {
-                maker.reseed(args.seed.wrapping_add(epoch as u64))?;
-                let encoder = &mut *encoder;
-                trainer.train_epoch_stream(
-                    n,
-                    |rows: &[usize]| -> Result<(Array2<f32>, Array2<f32>)> {
-                        let images = rows
-                            .iter()
-                            .map(|&i| data.image(i))
-                            .collect::<Result<Vec<_>, _>>()?;
-                        Ok((
-                            maker.views(encoder, &images)?,
-                            maker.views(encoder, &images)?,
-                        ))
-                    },
-                    on_step,
-                )
-            }
-        };
-        bar.finish_and_clear();
-        let loss = match trained {
-            Ok(loss) => loss,
-            Err(e)
-                if watch.rolls_back()
-                    && matches!(
-                        e.downcast_ref::<TrainError>(),
-                        Some(TrainError::NonFinite { .. })
-                    ) =>
-            {
-                let why = [e.to_string()];
-                eprintln!("warning: collapse alarm at epoch {}: {}", epoch + 1, why[0]);
-                watch.roll_back(&mut trainer, &ckpt_path, epoch + 1, &why)?;
-                break;
-            }
-            Err(e) => return Err(e),
-        };
-        let a1 = trainer.adapt(d0.view())?;
-        let a2 = trainer.adapt(d1.view())?;
-        let diag = Diagnostics::compute(a1.view(), Some(a2.view()))?;
-        let knn = match &val {
-            Some(v) => Some(knn_acc(
-                &trainer.adapt(v.train.view())?,
-                v,
-                &trainer.adapt(v.test.view())?,
-            )?),
-            None => None,
-        };
-        let log = EpochLog {
-            epoch: epoch + 1,
-            step: trainer.step,
-            loss,
-            lr: last_lr,
-            alignment: diag.alignment,
-            uniformity: diag.uniformity,
-            effective_rank: diag.effective_rank,
-            knn_acc: knn,
-            seconds: t.elapsed().as_secs_f64(),
-            cache_bytes,
-        };
+        }
+    }
+
+    fn epoch_ends(&mut self, log: &EpochLog) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
         println!(
             "epoch {:>3}  loss {:.4}  align {:.4}  uniform {:.3}  rank {:.1}{}",
             log.epoch,
@@ -739,114 +551,21 @@ pub fn run(mut args: Args) -> Result<()> {
             log.alignment.unwrap_or(f64::NAN),
             log.uniformity,
             log.effective_rank,
-            knn.map_or(String::new(), |k| format!("  k-NN {:.2}%", k * 100.0))
+            log.knn_acc
+                .map_or(String::new(), |k| format!("  k-NN {:.2}%", k * 100.0))
         );
-        let symptoms = watch.epoch_end(edgeclr::plot::EpochPoint {
-            epoch: log.epoch,
-            loss,
-            alignment: log.alignment,
-            uniformity: log.uniformity,
-            effective_rank: log.effective_rank,
-            knn_acc: knn,
-        });
-        if !symptoms.is_empty() && watch.rolls_back() {
-            watch.roll_back(&mut trainer, &ckpt_path, epoch + 1, &symptoms)?;
-            break;
-        }
-        // The epoch's line goes to disk before its checkpoint: a kill between
-        // the two leaves one line too many, which `--resume` trims, instead
-        // of a line lost for good.
-        let mut line = serde_json::to_string(&log)?;
-        line.push('\n');
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)?;
-        f.write_all(line.as_bytes())?;
-        f.sync_all()?;
-        // Before the checkpoint: a kill between the two reruns this epoch,
-        // which finds the same accuracy and writes the same best file.
-        if let (Some(b), Some(k)) = (best.as_mut(), knn) {
-            if f64::from(k as f32) > b.knn {
-                *b = Best::new(epoch + 1, k);
-                b.save(&trainer, &manifest, &config, &best_path)?;
-            }
-        }
-        let ckpt = trainer.checkpoint(&manifest, &config, epoch as u64 + 1)?;
-        ckpt.save(&ckpt_path)?;
-        if symptoms.is_empty() {
-            ckpt.save(&watch.good_path())?;
-        }
     }
 
-    if let Some(b) = &best {
-        // The best file holds that epoch's exact state (for the final
-        // epoch too, when it was the best).
-        trainer.restore_from(&Checkpoint::load(&best_path)?)?;
-        println!(
-            "exporting {} (val k-NN {:.2}%), the best on --val's test split{}",
-            if b.epoch == 0 {
-                "the frozen encoder (epoch 0)".to_string()
-            } else {
-                format!("epoch {}", b.epoch)
-            },
-            b.knn * 100.0,
-            if b.epoch == 0 {
-                ": no epoch beat it"
-            } else {
-                ""
-            }
-        );
+    fn warning(&mut self, message: &str) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        eprintln!("warning: {message}");
     }
-    let adapted = trainer.adapt(d0.view())?;
-    let after = Diagnostics::compute(adapted.view(), Some(trainer.adapt(d1.view())?.view()))?;
-    match &val {
-        Some(v) => watch.finish(
-            &after,
-            trainer.adapt(v.test.view())?.view(),
-            Some(&v.test_labels),
-            &v.classes,
-        ),
-        None => watch.finish(&after, adapted.view(), None, &[]),
+
+    fn notice(&mut self, message: &str) {
+        println!("{message}");
     }
-    let mut trained = trainer.params.with_prefix("adapter.");
-    trained.extend(
-        trainer
-            .params
-            .with_prefix(edgeclr::adapt::tail::TAIL_PREFIX),
-    );
-    let exported = export_adapted(
-        &manifest,
-        &trained,
-        &args.out.join("model"),
-        &format!("{}-adapted", manifest.name),
-    )?;
-    println!(
-        "exported the adapted encoder to {} ({})",
-        exported.onnx.display(),
-        exported.name
-    );
-    if let (Some(v), Some((fk, fp))) = (&val, frozen) {
-        let (tr, te) = (
-            trainer.adapt(v.train.view())?,
-            trainer.adapt(v.test.view())?,
-        );
-        let (ak, ap) = (knn_acc(&tr, v, &te)?, probe_acc(&tr, v, &te)?);
-        println!("\n                 k-NN (k=20)   linear probe");
-        println!(
-            "  frozen         {:>9.2}%   {:>10.2}%",
-            fk * 100.0,
-            fp * 100.0
-        );
-        println!(
-            "  adapted        {:>9.2}%   {:>10.2}%",
-            ak * 100.0,
-            ap * 100.0
-        );
-    }
-    println!("run directory: {}", args.out.display());
-    super::memory::print_peak_rss();
-    Ok(())
 }
 
 /// The labels `--loss supcon` (or `ce`) trains with: those of the first `n` images,
@@ -872,28 +591,6 @@ fn training_labels(
             per_class.is_none_or(|k| *count <= k).then_some(c)
         })
         .collect())
-}
-
-/// Keeps the first `epochs` lines of the metrics log (the epochs the
-/// checkpoint holds), rewritten atomically; a line written after the last
-/// checkpoint, complete or torn by a kill, is dropped and written again when
-/// that epoch reruns.
-fn trim_log(path: &Path, epochs: usize) -> Result<()> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let kept: String = text
-        .split_inclusive('\n')
-        .filter(|l| l.ends_with('\n'))
-        .take(epochs)
-        .collect();
-    if kept.len() != text.len() {
-        edgeclr::atomic::write_atomic(path, |f| f.write_all(kept.as_bytes()))
-            .with_context(|| format!("trimming {}", path.display()))?;
-    }
-    Ok(())
 }
 
 /// What `--memory-budget` plans over: the run as the flags describe it, with

@@ -21,6 +21,7 @@ pub mod nn;
 pub mod optim;
 pub mod params;
 pub mod resume;
+pub mod session;
 pub mod tail;
 pub mod trainer;
 pub mod views;
