@@ -24,6 +24,7 @@ use clap::Parser;
 use edgeclr::adapt::adapted::AdaptedModel;
 use edgeclr::adapt::config::AdaptConfig;
 use edgeclr::adapt::loss::Objective;
+use edgeclr::adapt::session::run_dir::CHECKPOINT;
 use edgeclr::adapt::session::{Session, SessionOptions};
 use edgeclr::adapt::trainer::{TrainError, Trainer};
 use edgeclr::adapt::views::ViewMaker;
@@ -354,7 +355,7 @@ fn open_session(
     if let Some((_, step)) = session.resumed() {
         eprintln!(
             "resumed from {} at step {step}",
-            run_dir.join("checkpoint.safetensors").display()
+            session.run_dir().file(CHECKPOINT).display()
         );
     }
     Ok(session)

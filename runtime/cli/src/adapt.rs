@@ -171,32 +171,12 @@ fn val_datasets(val: &Path, val_test: Option<&Path>) -> Result<(Dataset, Dataset
     }
 }
 
-/// Frozen embeddings of `--val`'s two parts, with a progress bar each.
+/// Frozen embeddings of `--val`'s two parts, with a progress bar.
 fn load_val(encoder: &mut dyn Encoder, train: &Dataset, test: &Dataset) -> Result<ValSet> {
-    let mut bar: Option<(String, indicatif::ProgressBar)> = None;
-    let val = ValSet::embed(encoder, train, test, |split, done| {
-        if bar.as_ref().is_none_or(|(s, _)| s != split) {
-            let len = if split == "train" {
-                train.len()
-            } else {
-                test.len()
-            };
-            if let Some((_, old)) = bar.take() {
-                old.finish_and_clear();
-            }
-            bar = Some((
-                split.to_owned(),
-                progress(len as u64, &format!("val {split}")),
-            ));
-        }
-        if let Some((_, b)) = &bar {
-            b.set_position(done as u64);
-        }
-    })
-    .context("--val")?;
-    if let Some((_, b)) = bar {
-        b.finish_and_clear();
-    }
+    let bar = progress((train.len() + test.len()) as u64, "val");
+    let val = ValSet::embed(encoder, train, test, |done| bar.set_position(done as u64))
+        .context("--val")?;
+    bar.finish_and_clear();
     Ok(val)
 }
 

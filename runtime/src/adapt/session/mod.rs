@@ -178,6 +178,14 @@ impl TrainViews<'_> {
         }
     }
 
+    /// Images an epoch goes over.
+    pub fn images(&self) -> usize {
+        match self {
+            TrainViews::Cache(c) => c.len(),
+            TrainViews::Stream { images, .. } => *images,
+        }
+    }
+
     /// Bytes held by training views (0 when streaming).
     pub fn cache_bytes(&self) -> usize {
         match self {
@@ -207,7 +215,8 @@ pub struct Session {
     manifest: Manifest,
     config: AdaptConfig,
     dir: RunDir,
-    options: SessionOptions,
+    collapse: CollapseRule,
+    rollback: bool,
     /// The checkpoint's epoch and step when resumed.
     resumed: Option<(usize, u64)>,
 }
@@ -237,7 +246,8 @@ impl Session {
             manifest,
             config,
             dir,
-            options: options.clone(),
+            collapse: options.collapse,
+            rollback: options.rollback,
             resumed,
         })
     }
@@ -269,9 +279,7 @@ impl Session {
     /// of `epoch`, and returns its path.
     pub fn save_checkpoint(&self, epoch: u64) -> Result<PathBuf, SessionError> {
         let path = self.dir.file(CHECKPOINT);
-        self.trainer
-            .checkpoint(&self.manifest, &self.config, epoch)?
-            .save(&path)?;
+        self.checkpoint(epoch)?.save(&path)?;
         Ok(path)
     }
 
@@ -307,8 +315,8 @@ impl Session {
         )?;
         let mut watch = Watch::new(
             &self.dir,
-            self.options.collapse,
-            self.options.rollback,
+            self.collapse,
+            self.rollback,
             &frozen_diag,
             frozen.map(|f| f.knn),
             resume,
@@ -323,17 +331,12 @@ impl Session {
             Some(_) if resume && best_path.exists() => Some(Best::read(&best_path)?),
             Some(f) => {
                 let best = Best::new(0, f.knn);
-                best.save(&self.trainer, &self.manifest, &self.config, &best_path)?;
+                best.save(self.checkpoint(0)?, &best_path)?;
                 Some(best)
             }
         };
         let cache_bytes = views.cache_bytes();
-        let steps = match views {
-            TrainViews::Cache(c) => Trainer::steps_per_epoch(c.len(), self.config.batch_size),
-            TrainViews::Stream { images, .. } => {
-                Trainer::steps_per_epoch(*images, self.config.batch_size)
-            }
-        };
+        let steps = Trainer::steps_per_epoch(views.images(), self.config.batch_size);
         let mut rolled_back_at = None;
         for epoch in first_epoch..self.config.epochs {
             let t = Instant::now();
@@ -398,7 +401,7 @@ impl Session {
             if let (Some(b), Some(k)) = (best.as_mut(), knn) {
                 if b.beaten_by(k) {
                     *b = Best::new(epoch + 1, k);
-                    b.save(&self.trainer, &self.manifest, &self.config, &best_path)?;
+                    b.save(self.checkpoint(b.epoch as u64)?, &best_path)?;
                 }
             }
             let ckpt = self.checkpoint(epoch as u64 + 1)?;

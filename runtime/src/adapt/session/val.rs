@@ -12,12 +12,10 @@ use ndarray::Array2;
 
 use super::SessionError;
 use crate::adapt::checkpoint::Checkpoint;
-use crate::adapt::config::AdaptConfig;
-use crate::adapt::trainer::Trainer;
 use crate::data::Dataset;
 use crate::embed::{embed_dataset, EmbedOptions};
 use crate::probe::{KnnHead, LinearProbe, LinearProbeConfig};
-use crate::{Encoder, Manifest};
+use crate::Encoder;
 
 /// Neighbours of the validation k-NN head (the demo's and the README's k).
 pub const VAL_K: usize = 20;
@@ -42,12 +40,12 @@ pub struct Scores {
 
 impl ValSet {
     /// Embeds `train` and `test` with `encoder` (every image must read);
-    /// `progress(split, done)` is called as they go ("train", "test").
+    /// `progress(done)` counts the images of both parts, train first.
     pub fn embed(
         encoder: &mut dyn Encoder,
         train: &Dataset,
         test: &Dataset,
-        mut progress: impl FnMut(&str, usize),
+        mut progress: impl FnMut(usize),
     ) -> Result<Self, SessionError> {
         if train.class_names() != test.class_names() {
             return Err(SessionError::ValClasses {
@@ -55,7 +53,7 @@ impl ValSet {
                 test: test.class_names().unwrap_or_default(),
             });
         }
-        let mut split = |name: &str, data: &Dataset| {
+        let mut split = |before: usize, data: &Dataset| {
             let out = embed_dataset(
                 encoder,
                 data,
@@ -63,15 +61,15 @@ impl ValSet {
                     strict: true,
                     ..EmbedOptions::default()
                 },
-                |n| progress(name, n),
+                |n| progress(before + n),
             )?;
             let labels = out.labels.ok_or(SessionError::ValUnlabelled)?;
             Ok::<_, SessionError>((out.embeddings, labels, out.class_names.unwrap_or_default()))
         };
-        let (train, train_labels, classes) = split("train", train)?;
-        let (test, test_labels, _) = split("test", test)?;
+        let (train_rows, train_labels, classes) = split(0, train)?;
+        let (test, test_labels, _) = split(train.len(), test)?;
         Ok(Self {
-            train,
+            train: train_rows,
             train_labels,
             test,
             test_labels,
@@ -141,14 +139,8 @@ impl Best {
         f64::from(knn as f32) > self.knn
     }
 
-    pub(super) fn save(
-        &self,
-        trainer: &Trainer,
-        manifest: &Manifest,
-        config: &AdaptConfig,
-        path: &Path,
-    ) -> Result<(), SessionError> {
-        let mut ckpt = trainer.checkpoint(manifest, config, self.epoch as u64)?;
+    /// Writes `ckpt` (this epoch's state) with the accuracy beside it.
+    pub(super) fn save(&self, mut ckpt: Checkpoint, path: &Path) -> Result<(), SessionError> {
         ckpt.tensors.insert(
             BEST_KNN,
             ndarray::ArrayD::from_elem(vec![1], self.knn as f32),
