@@ -1,18 +1,76 @@
-//! Trainable layers (`edgeclr::adapt::layers`) against central finite
-//! differences, and optimisers / schedule (`edgeclr::adapt::optim`) against
-//! PyTorch's update formulas written out independently here.
+//! Trainable layers (`edgeclr::adapt::layers`: ONNX nodes run by the
+//! engine) against central finite differences, and optimisers / schedule
+//! (`edgeclr::adapt::optim`) against PyTorch's update formulas written out
+//! independently here.
 
 use edgeclr::adapt::layers::{
-    adapter_backward, adapter_forward, init_adapter, init_linear, init_mlp, init_zero_linear,
-    linear_backward, linear_forward, mlp_backward, mlp_forward, LayersError,
+    init_adapter, init_linear, init_mlp, init_zero_linear, onnx_nodes, Layer, LayerCache,
+    LayerKind, LayersError,
 };
 use edgeclr::adapt::optim::{AdamW, CosineSchedule, OptimError, Optimizer, OptimizerKind, Sgd};
 use edgeclr::adapt::{Params, ParamsError};
-use ndarray::{array, Array2, ArrayD};
+use ndarray::{array, Array2, ArrayD, ArrayView2};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 // ---------------------------------------------------------------- helpers
+
+// Each layer is resolved from the weights' shapes, as `AdaptedModel` does.
+
+fn linear_forward(
+    p: &Params,
+    prefix: &str,
+    x: ArrayView2<f32>,
+) -> Result<Array2<f32>, LayersError> {
+    Ok(Layer::from_params(p, prefix, false)?.forward(p, x)?.0)
+}
+
+fn linear_backward(
+    p: &Params,
+    prefix: &str,
+    x: ArrayView2<f32>,
+    dy: ArrayView2<f32>,
+) -> Result<(Array2<f32>, Params), LayersError> {
+    let layer = Layer::from_params(p, prefix, false)?;
+    let (_, cache) = layer.forward(p, x)?;
+    layer.backward(p, &cache, dy)
+}
+
+fn adapter_forward(
+    p: &Params,
+    x: ArrayView2<f32>,
+) -> Result<(Array2<f32>, (Layer, LayerCache)), LayersError> {
+    let layer = Layer::from_params(p, "adapter", false)?;
+    let (y, cache) = layer.forward(p, x)?;
+    Ok((y, (layer, cache)))
+}
+
+fn adapter_backward(
+    p: &Params,
+    cache: &(Layer, LayerCache),
+    dy: ArrayView2<f32>,
+) -> Result<(Array2<f32>, Params), LayersError> {
+    cache.0.backward(p, &cache.1, dy)
+}
+
+fn mlp_forward(
+    p: &Params,
+    prefix: &str,
+    x: ArrayView2<f32>,
+) -> Result<(Array2<f32>, (Layer, LayerCache)), LayersError> {
+    let layer = Layer::from_params(p, prefix, true)?;
+    let (y, cache) = layer.forward(p, x)?;
+    Ok((y, (layer, cache)))
+}
+
+fn mlp_backward(
+    p: &Params,
+    _prefix: &str,
+    cache: &(Layer, LayerCache),
+    dy: ArrayView2<f32>,
+) -> Result<(Array2<f32>, Params), LayersError> {
+    cache.0.backward(p, &cache.1, dy)
+}
 
 fn rand_matrix(rng: &mut ChaCha8Rng, rows: usize, cols: usize) -> Array2<f32> {
     Array2::from_shape_simple_fn((rows, cols), || rng.random_range(-1.0f32..1.0))
@@ -178,6 +236,85 @@ fn mlp_backward_matches_finite_differences() {
         mlp_forward(q, "head", xx.view()).unwrap().0
     })
     .unwrap();
+}
+
+/// The engine runs the layers' ONNX nodes as the formulas say (in plain
+/// ndarray here), and those nodes are the ones export appends: the
+/// adapter's are `Gemm, Relu, Gemm, Add` over `adapter.*`.
+#[test]
+fn layers_are_their_onnx_nodes() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut p = Params::new();
+    init_adapter(&mut p, 6, 3, &mut rng);
+    init_mlp(&mut p, "head", 6, 5, 4, &mut rng);
+    randomize(&mut p, &mut rng);
+    let x = rand_matrix(&mut rng, 7, 6);
+    let w = |n: &str| {
+        p.get(n)
+            .unwrap()
+            .clone()
+            .into_dimensionality::<ndarray::Ix2>()
+            .unwrap()
+    };
+    let b = |n: &str| {
+        p.get(n)
+            .unwrap()
+            .clone()
+            .into_dimensionality::<ndarray::Ix1>()
+            .unwrap()
+    };
+    let lin =
+        |x: &Array2<f32>, l: &str| x.dot(&w(&format!("{l}.weight")).t()) + b(&format!("{l}.bias"));
+    let relu = |a: Array2<f32>| a.mapv(|v| v.max(0.0));
+    let adapted = &x + &lin(&relu(lin(&x, "adapter.down")), "adapter.up");
+    let head = lin(&relu(lin(&adapted, "head.fc1")), "head.fc2");
+
+    let adapter = Layer::adapter(6, 3).unwrap();
+    let mlp = Layer::mlp("head", 6, 5, 4).unwrap();
+    let a = adapter.embed(&p, x.view()).unwrap();
+    let z = mlp.embed(&p, a.view()).unwrap();
+    let diff = |u: &Array2<f32>, v: &Array2<f32>| {
+        u.iter()
+            .zip(v)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max)
+    };
+    assert!(diff(&a, &adapted) < 1e-5, "adapter: {}", diff(&a, &adapted));
+    assert!(diff(&z, &head) < 1e-5, "head: {}", diff(&z, &head));
+    assert_eq!(adapter.numel(), 6 * 3 + 3 + 3 * 6 + 6);
+    assert_eq!(
+        adapter.kind(),
+        LayerKind::Adapter {
+            dim: 6,
+            bottleneck: 3
+        }
+    );
+
+    let nodes = onnx_nodes(adapter.kind(), "adapter", "e_frozen", "e", "e");
+    let ops: Vec<&str> = nodes.iter().map(|n| n.op_type.as_str()).collect();
+    assert_eq!(ops, ["Gemm", "Relu", "Gemm", "Add"]);
+    assert_eq!(
+        nodes[0].input,
+        ["e_frozen", "adapter.down.weight", "adapter.down.bias"]
+    );
+    assert_eq!(nodes[3].input, ["e_frozen", "e_adapter_up"]);
+    assert_eq!(nodes[3].output, ["e"]);
+    // The trained names are the exported initialisers' names.
+    let names: Vec<&str> = adapter
+        .graph()
+        .params()
+        .iter()
+        .map(|q| q.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "adapter.down.weight",
+            "adapter.down.bias",
+            "adapter.up.weight",
+            "adapter.up.bias"
+        ]
+    );
 }
 
 /// The checker is not vacuous: a gradient off by 5 % in one entry, or one

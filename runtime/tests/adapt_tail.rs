@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use crate::common::repo;
 use edgeclr::adapt::config::AdaptConfig;
-use edgeclr::adapt::layers::{adapter_forward, mlp_forward};
+use edgeclr::adapt::layers::Layer;
 use edgeclr::adapt::tail::{self, ParamScope, TailChoice, TailError, TailSpec};
 use edgeclr::adapt::trainer::Trainer;
 use edgeclr::adapt::views::{Precision, ViewCache};
@@ -434,14 +434,16 @@ fn moco_enqueues_the_keys_it_used() {
     let x1 = random_views(5, 4, 6);
     let x2 = random_views(6, 4, 6);
     trainer.prefill_bank(random_views(7, 4, 6).view()).unwrap();
-    let (a, _) = adapter_forward(&trainer.ema, x2.view()).unwrap();
-    let (keys_before, _) = mlp_forward(&trainer.ema, "head", a.view()).unwrap();
+    let adapter = Layer::adapter(6, 3).unwrap();
+    let head = Layer::mlp("head", 6, 8, 4).unwrap();
+    let a = adapter.embed(&trainer.ema, x2.view()).unwrap();
+    let keys_before = head.embed(&trainer.ema, a.view()).unwrap();
     trainer.train_step(x1.view(), x2.view()).unwrap();
     let bank = trainer.bank.as_ref().unwrap().chronological();
     let newest = bank.slice(ndarray::s![bank.nrows() - 4.., ..]);
     // Compare to the keys the bank stores (it may normalise them).
-    let (a, _) = adapter_forward(&trainer.ema, x2.view()).unwrap();
-    let (keys_after, _) = mlp_forward(&trainer.ema, "head", a.view()).unwrap();
+    let a = adapter.embed(&trainer.ema, x2.view()).unwrap();
+    let keys_after = head.embed(&trainer.ema, a.view()).unwrap();
     let dist = |k: &Array2<f32>| {
         let norm = |r: ndarray::ArrayView1<f32>| r.dot(&r).sqrt();
         newest

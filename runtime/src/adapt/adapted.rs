@@ -23,7 +23,7 @@
 use ndarray::{Array2, ArrayView2, Axis};
 
 use super::checkpoint::Checkpoint;
-use super::layers::adapter_forward;
+use super::layers::{Layer, ADAPTER_PREFIX as ADAPTER};
 use super::params::Params;
 use super::tail::{self, TailSpec, TAIL_PREFIX};
 use super::trainer::TrainError;
@@ -41,6 +41,8 @@ pub struct AdaptedModel {
     /// `adapter.*` and `tail.*` tensors only.
     params: Params,
     tail: Option<TailSpec>,
+    /// The adapter's engine graph, when the parameters hold one.
+    adapter: Option<Layer>,
 }
 
 impl AdaptedModel {
@@ -51,6 +53,7 @@ impl AdaptedModel {
         Self {
             params: Params::new(),
             tail: None,
+            adapter: None,
         }
     }
 
@@ -70,7 +73,16 @@ impl AdaptedModel {
             }));
         }
         kept.extend(params.with_prefix(TAIL_PREFIX));
-        Ok(Self { params: kept, tail })
+        let adapter = kept
+            .names()
+            .any(|n| n.starts_with(ADAPTER_PREFIX))
+            .then(|| Layer::from_params(&kept, ADAPTER, false))
+            .transpose()?;
+        Ok(Self {
+            params: kept,
+            tail,
+            adapter,
+        })
     }
 
     /// From a checkpoint (`edgeclr adapt`'s, a C program's, camera-adapt's).
@@ -93,24 +105,26 @@ impl AdaptedModel {
     /// Adapted embeddings of `x` (`[N, W]`: the frozen encoder's embeddings,
     /// or the flattened cut tensor when layers of the graph were trained).
     pub fn embed(&self, x: ArrayView2<f32>) -> Result<Array2<f32>, TrainError> {
-        embed_chunked(self.tail.as_ref(), &self.params, x)
+        embed_chunked(self.tail.as_ref(), self.adapter.as_ref(), &self.params, x)
     }
 }
 
 /// The adapted embedding of `x` with the weights in `p`: the trained layers
-/// (if any), then the adapter (if `p` has one), in chunks of rows. Shared
+/// (if any), then the adapter (if any), in chunks of rows. Shared
 /// with the trainer, whose online and momentum copies are two `p`.
 pub(crate) fn embed_chunked(
     tail: Option<&TailSpec>,
+    adapter: Option<&Layer>,
     p: &Params,
     x: ArrayView2<f32>,
 ) -> Result<Array2<f32>, TrainError> {
-    chunked(x, |c| embed_rows(tail, p, c))
+    chunked(x, |c| embed_rows(tail, adapter, p, c))
 }
 
 /// [`embed_chunked`] on one chunk.
 pub(crate) fn embed_rows(
     tail: Option<&TailSpec>,
+    adapter: Option<&Layer>,
     p: &Params,
     x: ArrayView2<f32>,
 ) -> Result<Array2<f32>, TrainError> {
@@ -118,10 +132,9 @@ pub(crate) fn embed_rows(
         Some(spec) => tail::embed(spec, p, x)?,
         None => x.to_owned(),
     };
-    if p.names().any(|n| n.starts_with(ADAPTER_PREFIX)) {
-        Ok(adapter_forward(p, e.view())?.0)
-    } else {
-        Ok(e)
+    match adapter {
+        Some(adapter) => Ok(adapter.embed(p, e.view())?),
+        None => Ok(e),
     }
 }
 

@@ -37,6 +37,7 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 use tract_onnx::pb;
 
+use super::layers::{onnx_nodes, LayerKind, ADAPTER_PREFIX};
 use super::params::{Params, ParamsError};
 use crate::backend::ModelError;
 use crate::manifest::{Manifest, ManifestError, MANIFEST_FILE};
@@ -140,7 +141,15 @@ pub fn export_adapted(
     // A pooled tap (`pool = ...`): the pooling becomes ONNX nodes, and the
     // adapter reads their flat output.
     let embedding = append_pooling(&mut proto, manifest)?;
-    append_adapter(&mut proto, &embedding, adapter)?;
+    append_adapter(
+        &mut proto,
+        &embedding,
+        adapter,
+        LayerKind::Adapter {
+            dim: d,
+            bottleneck: r,
+        },
+    )?;
     proto.metadata_props.extend([
         entry("edgeclr.adapted_from", &manifest.name),
         entry("edgeclr.adapted_from_sha256", &manifest.sha256),
@@ -278,7 +287,7 @@ fn append_pooling(proto: &mut pb::ModelProto, manifest: &Manifest) -> Result<Str
     let map = format!("{embedding}_pool_map");
     let pooled = format!("{embedding}_pooled");
     let step = |op: &str, input: &str, output: &str, attribute| {
-        node(
+        crate::onnx::node(
             &format!("edgeclr_{output}"),
             op,
             &[input],
@@ -291,9 +300,12 @@ fn append_pooling(proto: &mut pb::ModelProto, manifest: &Manifest) -> Result<Str
             graph
                 .node
                 .push(step("GlobalAveragePool", embedding, &map, vec![]));
-            graph
-                .node
-                .push(step("Flatten", &map, &pooled, vec![attr_int("axis", 1)]));
+            graph.node.push(step(
+                "Flatten",
+                &map,
+                &pooled,
+                vec![crate::onnx::attr_int("axis", 1)],
+            ));
         }
         Pool::Grid(g) if h % g == 0 && w % g == 0 => {
             let k = [(h / g) as i64, (w / g) as i64];
@@ -301,11 +313,17 @@ fn append_pooling(proto: &mut pb::ModelProto, manifest: &Manifest) -> Result<Str
                 "AveragePool",
                 embedding,
                 &map,
-                vec![attr_ints("kernel_shape", &k), attr_ints("strides", &k)],
+                vec![
+                    crate::onnx::attr_ints("kernel_shape", &k),
+                    crate::onnx::attr_ints("strides", &k),
+                ],
             ));
-            graph
-                .node
-                .push(step("Flatten", &map, &pooled, vec![attr_int("axis", 1)]));
+            graph.node.push(step(
+                "Flatten",
+                &map,
+                &pooled,
+                vec![crate::onnx::attr_int("axis", 1)],
+            ));
         }
         Pool::Grid(g) => {
             return Err(ExportError::Graph(format!(
@@ -318,7 +336,7 @@ fn append_pooling(proto: &mut pb::ModelProto, manifest: &Manifest) -> Result<Str
             "Flatten",
             embedding,
             &pooled,
-            vec![attr_int("axis", 1)],
+            vec![crate::onnx::attr_int("axis", 1)],
         )),
         Pool::None => return Ok(embedding.clone()),
     }
@@ -330,12 +348,12 @@ fn append_adapter(
     proto: &mut pb::ModelProto,
     embedding: &str,
     adapter: &Params,
+    kind: LayerKind,
 ) -> Result<(), ExportError> {
     let graph = crate::onnx::graph_mut(proto)?;
     let frozen = format!("{embedding}_frozen");
-    let hidden_down = format!("{embedding}_adapter_down");
-    let hidden_relu = format!("{embedding}_adapter_relu");
-    let hidden_up = format!("{embedding}_adapter_up");
+    // The nodes the adapter was trained as (`Layer` imports the same ones).
+    let nodes = onnx_nodes(kind, ADAPTER_PREFIX, &frozen, embedding, embedding);
 
     let output = graph
         .output
@@ -362,16 +380,17 @@ fn append_adapter(
     }
 
     // Every name we add must be new to the graph.
-    let new_names = [
-        frozen.as_str(),
-        hidden_down.as_str(),
-        hidden_relu.as_str(),
-        hidden_up.as_str(),
-        DOWN_WEIGHT,
-        DOWN_BIAS,
-        UP_WEIGHT,
-        UP_BIAS,
-    ];
+    let params = [DOWN_WEIGHT, DOWN_BIAS, UP_WEIGHT, UP_BIAS];
+    let new_names: Vec<&str> = std::iter::once(frozen.as_str())
+        .chain(
+            nodes
+                .iter()
+                .flat_map(|n| n.output.iter())
+                .map(String::as_str)
+                .filter(|o| *o != embedding),
+        )
+        .chain(params)
+        .collect();
     let existing = graph
         .node
         .iter()
@@ -407,100 +426,11 @@ fn append_adapter(
         ..output
     });
 
-    for name in [DOWN_WEIGHT, DOWN_BIAS, UP_WEIGHT, UP_BIAS] {
+    for name in params {
         graph
             .initializer
             .push(crate::onnx::f32_initializer(name, adapter.get(name)?));
     }
-    graph.node.extend([
-        gemm(
-            "edgeclr/adapter/down",
-            &frozen,
-            DOWN_WEIGHT,
-            DOWN_BIAS,
-            &hidden_down,
-        ),
-        node(
-            "edgeclr/adapter/relu",
-            "Relu",
-            &[&hidden_down],
-            &hidden_relu,
-            vec![],
-        ),
-        gemm(
-            "edgeclr/adapter/up",
-            &hidden_relu,
-            UP_WEIGHT,
-            UP_BIAS,
-            &hidden_up,
-        ),
-        node(
-            "edgeclr/adapter/add",
-            "Add",
-            &[&frozen, &hidden_up],
-            embedding,
-            vec![],
-        ),
-    ]);
+    graph.node.extend(nodes);
     Ok(())
-}
-
-fn node(
-    name: &str,
-    op_type: &str,
-    inputs: &[&str],
-    output: &str,
-    attribute: Vec<pb::AttributeProto>,
-) -> pb::NodeProto {
-    pb::NodeProto {
-        name: name.to_owned(),
-        op_type: op_type.to_owned(),
-        input: inputs.iter().map(|s| (*s).to_owned()).collect(),
-        output: vec![output.to_owned()],
-        attribute,
-        ..Default::default()
-    }
-}
-
-/// `output = input · weightᵀ + bias`.
-fn gemm(name: &str, input: &str, weight: &str, bias: &str, output: &str) -> pb::NodeProto {
-    node(
-        name,
-        "Gemm",
-        &[input, weight, bias],
-        output,
-        vec![
-            attr_float("alpha", 1.0),
-            attr_float("beta", 1.0),
-            attr_int("transA", 0),
-            attr_int("transB", 1),
-        ],
-    )
-}
-
-fn attr_float(name: &str, f: f32) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.to_owned(),
-        r#type: pb::attribute_proto::AttributeType::Float as i32,
-        f,
-        ..Default::default()
-    }
-}
-
-fn attr_int(name: &str, i: i64) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.to_owned(),
-        r#type: pb::attribute_proto::AttributeType::Int as i32,
-        i,
-        ..Default::default()
-    }
-}
-
-fn attr_ints(name: &str, ints: &[i64]) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.to_owned(),
-        r#type: pb::attribute_proto::AttributeType::Ints as i32,
-        ints: ints.to_vec(),
-        ..Default::default()
-    }
 }

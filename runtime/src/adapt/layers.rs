@@ -1,27 +1,33 @@
-//! Hand-differentiated layers of the trainable head, reading their weights
-//! from a [`Params`] map by name.
+//! The layers a run adds on top of the encoder — the residual adapter, the
+//! projection head, BYOL's predictor — written as ONNX nodes, and trained by
+//! the engine ([`super::nn`]) like the encoder's own layers.
 //!
-//! | layer | forward | parameter names |
-//! | --- | --- | --- |
-//! | linear | `y = x·Wᵀ + b` | `{prefix}.weight` `[out, in]`, `{prefix}.bias` `[out]` |
-//! | adapter (Houlsby-style residual bottleneck) | `y = x + up(relu(down(x)))` | `adapter.down.*`, `adapter.up.*` |
-//! | MLP (projection head, BYOL predictor) | `y = fc2(relu(fc1(x)))` | `{prefix}.fc1.*`, `{prefix}.fc2.*` |
+//! | layer | forward | ONNX nodes | parameter names |
+//! | --- | --- | --- | --- |
+//! | linear | `y = x·Wᵀ + b` | `Gemm` (`transB = 1`) | `{prefix}.weight` `[out, in]`, `{prefix}.bias` `[out]` |
+//! | adapter (Houlsby-style residual bottleneck) | `y = x + up(relu(down(x)))` | `Gemm`, `Relu`, `Gemm`, `Add` | `adapter.down.*`, `adapter.up.*` |
+//! | MLP (projection head, BYOL predictor) | `y = fc2(relu(fc1(x)))` | `Gemm`, `Relu`, `Gemm` | `{prefix}.fc1.*`, `{prefix}.fc2.*` |
 //!
-//! Every forward takes a batch `x ∈ R^{B×in}` (rows are samples) and every
-//! backward takes the upstream gradient `dy = ∂L/∂y` and returns `∂L/∂x`
-//! together with the parameter gradients as a [`Params`] under the same names
-//! as the weights, ready for [`Params::add_assign`] or an optimiser step.
+//! Why ONNX nodes and not hand-written math: one description serves both
+//! ends. [`Layer`] imports the nodes into an engine graph, whose ops have
+//! their forward and backward checked against tract and finite differences;
+//! export appends **the same nodes** ([`onnx_nodes`]) to the model with the
+//! trained weights as initialisers, so what was trained is what ships.
+//! Adding a layer kind is one arm of [`onnx_nodes`].
 //!
-//! Backward formulas (for `y = x·Wᵀ + b`): `∂L/∂x = dy·W`,
-//! `∂L/∂W = dyᵀ·x`, `∂L/∂b = Σ_rows dy`. ReLU passes the gradient where its
-//! output is strictly positive (sub-gradient 0 at the kink, as PyTorch).
-//!
-//! Inputs and upstream gradients are validated (shapes, NaN/±Inf) so that a
-//! corrupted batch is reported instead of silently poisoning the weights.
+//! A layer runs a batch as one engine pass (no row chunks): its weight
+//! gradient is then one GEMM over the batch, the same bits as the
+//! hand-differentiated layers this module replaced. Inputs and upstream
+//! gradients are validated (shapes, NaN/±Inf) so that a corrupted batch is
+//! reported instead of silently poisoning the weights.
 
-use ndarray::{Array2, ArrayD, ArrayView1, ArrayView2, Axis, Ix1, Ix2, Zip};
+use std::sync::Arc;
+
+use ndarray::{Array2, ArrayD, ArrayView2, Ix2};
 use rand::Rng;
+use tract_onnx::pb;
 
+use super::nn::{self, Graph, KeepPlan, NnError, Tape};
 use super::params::{Params, ParamsError};
 
 /// Prefix of the residual adapter's parameters.
@@ -50,36 +56,363 @@ pub enum LayersError {
         col: usize,
         value: f32,
     },
+
+    /// The engine refused the layer's nodes (a bug if it ever happens: the
+    /// nodes are this module's own).
+    #[error("layer graph: {0}")]
+    Engine(#[from] NnError),
 }
 
 /// Result alias for this module.
 pub type Result<T, E = LayersError> = std::result::Result<T, E>;
 
-// ------------------------------------------------------------------ helpers
-
-fn weight<'a>(p: &'a Params, prefix: &str) -> Result<ArrayView2<'a, f32>> {
-    let name = format!("{prefix}.weight");
-    let w = p.get(&name)?;
-    w.view()
-        .into_dimensionality::<Ix2>()
-        .map_err(|_| LayersError::Shape {
-            what: name,
-            got: w.shape().to_vec(),
-            expected: "[out, in]".to_owned(),
-        })
+/// The kinds of layer, with their widths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    /// `in → out`.
+    Linear { input: usize, output: usize },
+    /// `dim → bottleneck → dim`, plus the input.
+    Adapter { dim: usize, bottleneck: usize },
+    /// `in → hidden → out`.
+    Mlp {
+        input: usize,
+        hidden: usize,
+        output: usize,
+    },
 }
 
-fn bias<'a>(p: &'a Params, prefix: &str, out: usize) -> Result<ArrayView1<'a, f32>> {
-    let name = format!("{prefix}.bias");
-    let b = p.get(&name)?;
-    match b.view().into_dimensionality::<Ix1>() {
-        Ok(v) if v.len() == out => Ok(v),
-        _ => Err(LayersError::Shape {
-            what: name,
-            got: b.shape().to_vec(),
-            expected: format!("[{out}]"),
-        }),
+impl LayerKind {
+    fn widths(self) -> (usize, usize) {
+        match self {
+            LayerKind::Linear { input, output } => (input, output),
+            LayerKind::Adapter { dim, .. } => (dim, dim),
+            LayerKind::Mlp { input, output, .. } => (input, output),
+        }
     }
+
+    /// `(suffix, shape)` of each parameter, in the nodes' order.
+    fn param_shapes(self) -> Vec<(&'static str, Vec<usize>)> {
+        match self {
+            LayerKind::Linear { input, output } => {
+                vec![("weight", vec![output, input]), ("bias", vec![output])]
+            }
+            LayerKind::Adapter { dim, bottleneck } => vec![
+                ("down.weight", vec![bottleneck, dim]),
+                ("down.bias", vec![bottleneck]),
+                ("up.weight", vec![dim, bottleneck]),
+                ("up.bias", vec![dim]),
+            ],
+            LayerKind::Mlp {
+                input,
+                hidden,
+                output,
+            } => vec![
+                ("fc1.weight", vec![hidden, input]),
+                ("fc1.bias", vec![hidden]),
+                ("fc2.weight", vec![output, hidden]),
+                ("fc2.bias", vec![output]),
+            ],
+        }
+    }
+
+    /// The kind of the `prefix` layer whose weights are in `p`, read from
+    /// their shapes (`mlp`: an MLP rather than an adapter or linear layer).
+    fn from_params(p: &Params, prefix: &str, mlp: bool) -> Result<Self> {
+        let matrix = |name: String| -> Result<(usize, usize)> {
+            let w = p.get(&name)?;
+            match *w.shape() {
+                [rows, cols] => Ok((rows, cols)),
+                _ => Err(LayersError::Shape {
+                    what: name,
+                    got: w.shape().to_vec(),
+                    expected: "[out, in]".to_owned(),
+                }),
+            }
+        };
+        if mlp {
+            let (hidden, input) = matrix(format!("{prefix}.fc1.weight"))?;
+            let (output, _) = matrix(format!("{prefix}.fc2.weight"))?;
+            Ok(LayerKind::Mlp {
+                input,
+                hidden,
+                output,
+            })
+        } else if p.contains(&format!("{prefix}.down.weight")) {
+            let (bottleneck, dim) = matrix(format!("{prefix}.down.weight"))?;
+            Ok(LayerKind::Adapter { dim, bottleneck })
+        } else {
+            let (output, input) = matrix(format!("{prefix}.weight"))?;
+            Ok(LayerKind::Linear { input, output })
+        }
+    }
+}
+
+/// The ONNX nodes of a `kind` layer whose parameters are named
+/// `{prefix}.*`, reading `input` and writing `output`; the tensors between
+/// are `{stem}_{prefix}_{step}` and the nodes `edgeclr/{prefix}/{step}`.
+/// Export appends exactly these (with `stem` the embedding's name).
+pub fn onnx_nodes(
+    kind: LayerKind,
+    prefix: &str,
+    input: &str,
+    output: &str,
+    stem: &str,
+) -> Vec<pb::NodeProto> {
+    use crate::onnx::{gemm, node};
+    let name = |step: &str| format!("edgeclr/{prefix}/{step}");
+    let value = |step: &str| format!("{stem}_{prefix}_{step}");
+    let param = |suffix: &str| format!("{prefix}.{suffix}");
+    match kind {
+        LayerKind::Linear { .. } => vec![gemm(
+            &name("linear"),
+            input,
+            &param("weight"),
+            &param("bias"),
+            output,
+        )],
+        LayerKind::Adapter { .. } => vec![
+            gemm(
+                &name("down"),
+                input,
+                &param("down.weight"),
+                &param("down.bias"),
+                &value("down"),
+            ),
+            node(
+                &name("relu"),
+                "Relu",
+                &[&value("down")],
+                &value("relu"),
+                vec![],
+            ),
+            gemm(
+                &name("up"),
+                &value("relu"),
+                &param("up.weight"),
+                &param("up.bias"),
+                &value("up"),
+            ),
+            node(&name("add"), "Add", &[input, &value("up")], output, vec![]),
+        ],
+        LayerKind::Mlp { .. } => vec![
+            gemm(
+                &name("fc1"),
+                input,
+                &param("fc1.weight"),
+                &param("fc1.bias"),
+                &value("fc1"),
+            ),
+            node(
+                &name("relu"),
+                "Relu",
+                &[&value("fc1")],
+                &value("relu"),
+                vec![],
+            ),
+            gemm(
+                &name("fc2"),
+                &value("relu"),
+                &param("fc2.weight"),
+                &param("fc2.bias"),
+                output,
+            ),
+        ],
+    }
+}
+
+/// One layer as an engine graph, its parameters resolved once to their
+/// names in a [`Params`] (the run's storage and checkpoint format).
+#[derive(Debug, Clone)]
+pub struct Layer {
+    kind: LayerKind,
+    graph: Arc<Graph>,
+    /// The [`Params`] name of each engine parameter, by id.
+    keys: Vec<String>,
+    /// Every parameter trains.
+    trainable: Vec<bool>,
+    /// What the backward reads (ReLU outputs as masks).
+    keep: KeepPlan,
+}
+
+/// What [`Layer::backward`] needs from [`Layer::forward`].
+#[derive(Debug, Clone)]
+pub struct LayerCache {
+    tape: Tape,
+}
+
+impl Layer {
+    /// A `kind` layer with parameters `{prefix}.*`.
+    pub fn new(kind: LayerKind, prefix: &str) -> Result<Self> {
+        let (input, _) = kind.widths();
+        let shapes = kind.param_shapes();
+        let graph = pb::GraphProto {
+            node: onnx_nodes(kind, prefix, "x", "y", "x"),
+            initializer: shapes
+                .iter()
+                .map(|(suffix, shape)| {
+                    crate::onnx::f32_initializer(
+                        &format!("{prefix}.{suffix}"),
+                        &ArrayD::zeros(shape.clone()),
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let imported = nn::import(&graph, "x", &[input], "y")?;
+        let g = imported.graph;
+        let keys: Vec<String> = g.params().iter().map(|p| p.name.clone()).collect();
+        let trainable = vec![true; keys.len()];
+        let keep = g.keep_plan(&trainable);
+        Ok(Self {
+            kind,
+            graph: Arc::new(g),
+            keys,
+            trainable,
+            keep,
+        })
+    }
+
+    /// The residual adapter (`adapter.*`).
+    pub fn adapter(dim: usize, bottleneck: usize) -> Result<Self> {
+        Self::new(LayerKind::Adapter { dim, bottleneck }, ADAPTER_PREFIX)
+    }
+
+    /// A two-layer MLP (`{prefix}.fc1.*`, `{prefix}.fc2.*`).
+    pub fn mlp(prefix: &str, input: usize, hidden: usize, output: usize) -> Result<Self> {
+        Self::new(
+            LayerKind::Mlp {
+                input,
+                hidden,
+                output,
+            },
+            prefix,
+        )
+    }
+
+    /// The `prefix` layer of the weights in `p`, its widths read from them:
+    /// an MLP when `mlp`, else an adapter (`{prefix}.down.*`) or a linear
+    /// layer (`{prefix}.weight`).
+    pub fn from_params(p: &Params, prefix: &str, mlp: bool) -> Result<Self> {
+        Self::new(LayerKind::from_params(p, prefix, mlp)?, prefix)
+    }
+
+    /// Its kind and widths.
+    pub fn kind(&self) -> LayerKind {
+        self.kind
+    }
+
+    /// The engine graph it runs on.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Number of parameter values.
+    pub fn numel(&self) -> usize {
+        self.graph
+            .params()
+            .iter()
+            .map(|p| p.shape.iter().product::<usize>())
+            .sum()
+    }
+
+    /// Bytes of activations per sample its backward keeps.
+    pub fn kept_bytes_per_sample(&self) -> usize {
+        self.graph.kept_bytes_per_sample(&self.trainable)
+    }
+
+    fn bind<'a>(&self, p: &'a Params) -> Result<Vec<&'a ArrayD<f32>>> {
+        self.keys
+            .iter()
+            .zip(self.graph.params())
+            .map(|(key, spec)| {
+                let t = p.get(key)?;
+                if t.shape() != spec.shape.as_slice() {
+                    return Err(LayersError::Shape {
+                        what: key.clone(),
+                        got: t.shape().to_vec(),
+                        expected: format!("{:?}", spec.shape),
+                    });
+                }
+                Ok(t)
+            })
+            .collect()
+    }
+
+    fn run(&self, p: &Params, x: ArrayView2<f32>, keep: &KeepPlan) -> Result<(Array2<f32>, Tape)> {
+        let (input, _) = self.kind.widths();
+        check_cols("layer input", x, input)?;
+        check_finite("layer input", x)?;
+        let params = self.bind(p)?;
+        let (y, tape) = self
+            .graph
+            .forward_keeping(&params, x.to_owned().into_dyn(), Some(keep))?;
+        Ok((into_matrix(y)?, tape))
+    }
+
+    /// The layer's output for `x` `[batch, in]`, and what its backward needs.
+    pub fn forward(&self, p: &Params, x: ArrayView2<f32>) -> Result<(Array2<f32>, LayerCache)> {
+        let (y, tape) = self.run(p, x, &self.keep)?;
+        Ok((y, LayerCache { tape }))
+    }
+
+    /// The output alone, keeping nothing for a backward.
+    pub fn embed(&self, p: &Params, x: ArrayView2<f32>) -> Result<Array2<f32>> {
+        let nothing = KeepPlan::nothing(self.keep.values.len());
+        Ok(self.run(p, x, &nothing)?.0)
+    }
+
+    /// `∂L/∂x` for upstream gradient `dy` `[batch, out]`, and the gradient of
+    /// every parameter under its [`Params`] name.
+    pub fn backward(
+        &self,
+        p: &Params,
+        cache: &LayerCache,
+        dy: ArrayView2<f32>,
+    ) -> Result<(Array2<f32>, Params)> {
+        let (_, output) = self.kind.widths();
+        let rows = cache.tape_rows();
+        check_cols("layer upstream gradient", dy, output)?;
+        if dy.nrows() != rows {
+            return Err(LayersError::Shape {
+                what: "layer upstream gradient".to_owned(),
+                got: dy.shape().to_vec(),
+                expected: format!("[{rows}, {output}]"),
+            });
+        }
+        check_finite("layer upstream gradient", dy)?;
+        let params = self.bind(p)?;
+        let (grads, dx) = self.graph.backward_with_input(
+            &params,
+            &cache.tape,
+            dy.to_owned().into_dyn(),
+            &self.trainable,
+            true,
+        )?;
+        let dx = dx.ok_or_else(|| NnError::Graph("no input gradient".into()))?;
+        let mut out = Params::new();
+        for (key, g) in self.keys.iter().zip(grads) {
+            if let Some(g) = g {
+                out.insert(key.clone(), g);
+            }
+        }
+        Ok((into_matrix(dx)?, out))
+    }
+}
+
+impl LayerCache {
+    fn tape_rows(&self) -> usize {
+        self.tape.rows()
+    }
+}
+
+fn into_matrix(y: ArrayD<f32>) -> Result<Array2<f32>> {
+    let shape = y.shape().to_vec();
+    y.into_dimensionality::<Ix2>()
+        .map_err(|_| LayersError::Shape {
+            what: "layer output".to_owned(),
+            got: shape,
+            expected: "[batch, width]".to_owned(),
+        })
 }
 
 fn check_finite(what: &str, a: ArrayView2<f32>) -> Result<()> {
@@ -105,64 +438,7 @@ fn check_cols(what: &str, a: ArrayView2<f32>, cols: usize) -> Result<()> {
     Ok(())
 }
 
-fn relu(mut a: Array2<f32>) -> Array2<f32> {
-    a.mapv_inplace(|v| v.max(0.0));
-    a
-}
-
-/// `dh ⊙ 1[h > 0]`, in place.
-fn relu_backward(mut dh: Array2<f32>, h: ArrayView2<f32>) -> Array2<f32> {
-    Zip::from(&mut dh).and(h).for_each(|d, &hv| {
-        if hv <= 0.0 {
-            *d = 0.0;
-        }
-    });
-    dh
-}
-
-// ------------------------------------------------------------------- linear
-
-/// `y = x·Wᵀ + b` with `W = {prefix}.weight` `[out, in]` and
-/// `b = {prefix}.bias` `[out]`; `x` is `[batch, in]`, `y` is `[batch, out]`.
-pub fn linear_forward(p: &Params, prefix: &str, x: ArrayView2<f32>) -> Result<Array2<f32>> {
-    let w = weight(p, prefix)?;
-    let b = bias(p, prefix, w.nrows())?;
-    check_cols("linear input", x, w.ncols())?;
-    check_finite("linear input", x)?;
-    let mut y = x.dot(&w.t());
-    y += &b;
-    Ok(y)
-}
-
-/// Backward of [`linear_forward`] at input `x` for upstream gradient `dy`
-/// `[batch, out]`: returns `∂L/∂x = dy·W` and the gradients
-/// `{prefix}.weight = dyᵀ·x`, `{prefix}.bias = Σ_rows dy`.
-pub fn linear_backward(
-    p: &Params,
-    prefix: &str,
-    x: ArrayView2<f32>,
-    dy: ArrayView2<f32>,
-) -> Result<(Array2<f32>, Params)> {
-    let w = weight(p, prefix)?;
-    bias(p, prefix, w.nrows())?;
-    check_cols("linear input", x, w.ncols())?;
-    check_cols("linear upstream gradient", dy, w.nrows())?;
-    if dy.nrows() != x.nrows() {
-        return Err(LayersError::Shape {
-            what: "linear upstream gradient".to_owned(),
-            got: dy.shape().to_vec(),
-            expected: format!("[{}, {}]", x.nrows(), w.nrows()),
-        });
-    }
-    check_finite("linear upstream gradient", dy)?;
-    let dx = dy.dot(&w);
-    let dw = dy.t().dot(&x);
-    let db = dy.sum_axis(Axis(0));
-    let mut grads = Params::new();
-    grads.insert(format!("{prefix}.weight"), dw.into_dyn());
-    grads.insert(format!("{prefix}.bias"), db.into_dyn());
-    Ok((dx, grads))
-}
+// ------------------------------------------------------------------ init
 
 /// PyTorch's default `nn.Linear` initialisation: `W` and `b` drawn from
 /// `U(−1/√in, 1/√in)` (Kaiming-uniform with `a = √5`).
@@ -195,65 +471,12 @@ pub fn init_zero_linear(params: &mut Params, prefix: &str, in_dim: usize, out_di
     params.insert(format!("{prefix}.bias"), ArrayD::zeros(vec![out_dim]));
 }
 
-// ------------------------------------------------------------------ adapter
-
-/// What [`adapter_backward`] needs from the forward pass.
-#[derive(Debug, Clone)]
-pub struct AdapterCache {
-    /// The adapter input `x` `[batch, d]`.
-    pub x: Array2<f32>,
-    /// `relu(down(x))` `[batch, r]`.
-    pub h: Array2<f32>,
-}
-
 /// Adds a residual bottleneck adapter `d → bottleneck → d` under
 /// `adapter.down.*` (PyTorch default init) and `adapter.up.*` (zeros), so
 /// the adapter is exactly the identity at init.
 pub fn init_adapter(params: &mut Params, dim: usize, bottleneck: usize, rng: &mut impl Rng) {
     init_linear(params, "adapter.down", dim, bottleneck, rng);
     init_zero_linear(params, "adapter.up", bottleneck, dim);
-}
-
-/// `y = x + up(relu(down(x)))`.
-pub fn adapter_forward(p: &Params, x: ArrayView2<f32>) -> Result<(Array2<f32>, AdapterCache)> {
-    let h = relu(linear_forward(p, "adapter.down", x)?);
-    let mut y = linear_forward(p, "adapter.up", h.view())?;
-    if y.dim() != x.dim() {
-        return Err(LayersError::Shape {
-            what: "adapter.up output".to_owned(),
-            got: y.shape().to_vec(),
-            expected: format!("{:?} (the adapter input)", x.shape()),
-        });
-    }
-    y += &x;
-    let cache = AdapterCache { x: x.to_owned(), h };
-    Ok((y, cache))
-}
-
-/// Backward of [`adapter_forward`]: `∂L/∂x` (residual path plus bottleneck
-/// path) and the gradients of `adapter.down.*` and `adapter.up.*`.
-pub fn adapter_backward(
-    p: &Params,
-    cache: &AdapterCache,
-    dy: ArrayView2<f32>,
-) -> Result<(Array2<f32>, Params)> {
-    let (dh, mut grads) = linear_backward(p, "adapter.up", cache.h.view(), dy)?;
-    let da = relu_backward(dh, cache.h.view());
-    let (dx_down, grads_down) = linear_backward(p, "adapter.down", cache.x.view(), da.view())?;
-    grads.extend(grads_down);
-    let dx = dx_down + dy;
-    Ok((dx, grads))
-}
-
-// ---------------------------------------------------------------------- MLP
-
-/// What [`mlp_backward`] needs from the forward pass.
-#[derive(Debug, Clone)]
-pub struct MlpCache {
-    /// The MLP input `x` `[batch, in]`.
-    pub x: Array2<f32>,
-    /// `relu(fc1(x))` `[batch, hidden]`.
-    pub h: Array2<f32>,
 }
 
 /// Adds a two-layer MLP `in → hidden → out` under `{prefix}.fc1.*` and
@@ -269,31 +492,4 @@ pub fn init_mlp(
 ) {
     init_linear(params, &format!("{prefix}.fc1"), in_dim, hidden, rng);
     init_linear(params, &format!("{prefix}.fc2"), hidden, out_dim, rng);
-}
-
-/// `y = fc2(relu(fc1(x)))`.
-pub fn mlp_forward(
-    p: &Params,
-    prefix: &str,
-    x: ArrayView2<f32>,
-) -> Result<(Array2<f32>, MlpCache)> {
-    let h = relu(linear_forward(p, &format!("{prefix}.fc1"), x)?);
-    let y = linear_forward(p, &format!("{prefix}.fc2"), h.view())?;
-    let cache = MlpCache { x: x.to_owned(), h };
-    Ok((y, cache))
-}
-
-/// Backward of [`mlp_forward`]: `∂L/∂x` and the gradients of
-/// `{prefix}.fc1.*` and `{prefix}.fc2.*`.
-pub fn mlp_backward(
-    p: &Params,
-    prefix: &str,
-    cache: &MlpCache,
-    dy: ArrayView2<f32>,
-) -> Result<(Array2<f32>, Params)> {
-    let (dh, mut grads) = linear_backward(p, &format!("{prefix}.fc2"), cache.h.view(), dy)?;
-    let da = relu_backward(dh, cache.h.view());
-    let (dx, grads1) = linear_backward(p, &format!("{prefix}.fc1"), cache.x.view(), da.view())?;
-    grads.extend(grads1);
-    Ok((dx, grads))
 }

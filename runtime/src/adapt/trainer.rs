@@ -21,9 +21,7 @@ use serde::Serialize;
 use super::adapted::{self, AdaptedModel};
 use super::bank::MemoryBank;
 use super::config::AdaptConfig;
-use super::layers::{
-    adapter_backward, adapter_forward, init_adapter, init_mlp, mlp_backward, mlp_forward,
-};
+use super::layers::{init_adapter, init_mlp, Layer, LayerCache};
 use super::loss::{self, Objective, SigmoidParams};
 use super::optim::{CosineSchedule, Optimizer};
 use super::params::Params;
@@ -78,6 +76,12 @@ pub struct Trainer {
     objective: Objective,
     /// Adapter, head, predictor and loss parameters.
     pub params: Params,
+    /// The residual adapter on the embedding, as an engine graph.
+    adapter: Layer,
+    /// The projection head (`None` when `head_out = 0`).
+    head: Option<Layer>,
+    /// BYOL's predictor on the head's output.
+    predictor: Option<Layer>,
     /// Momentum copy of tail + adapter + head (keys for the bank, BYOL's target).
     pub ema: Params,
     /// The trainable tail layers, when the trunk is cut below the embedding.
@@ -193,10 +197,28 @@ impl Trainer {
             total_steps: total,
             min_lr: 0.0,
         };
+        let adapter = Layer::adapter(dim, config.bottleneck)?;
+        let head = (config.head_out > 0)
+            .then(|| Layer::mlp("head", dim, config.head_hidden, config.head_out))
+            .transpose()?;
+        let predictor = objective
+            .needs_predictor()
+            .then(|| {
+                Layer::mlp(
+                    "predictor",
+                    config.head_out,
+                    config.head_hidden,
+                    config.head_out,
+                )
+            })
+            .transpose()?;
         Ok(Self {
             optimizer: optimizer(&config)?,
             objective,
             params,
+            adapter,
+            head,
+            predictor,
             ema,
             tail,
             tail_init,
@@ -257,15 +279,15 @@ impl Trainer {
         &self,
         p: &Params,
         x: ArrayView2<f32>,
-    ) -> Result<(Array2<f32>, super::layers::AdapterCache, Option<TailCache>), TrainError> {
+    ) -> Result<(Array2<f32>, LayerCache, Option<TailCache>), TrainError> {
         match &self.tail {
             Some(spec) => {
                 let (e, tc) = tail::forward(spec, p, x)?;
-                let (a, ac) = adapter_forward(p, e.view())?;
+                let (a, ac) = self.adapter.forward(p, e.view())?;
                 Ok((a, ac, Some(tc)))
             }
             None => {
-                let (a, ac) = adapter_forward(p, x)?;
+                let (a, ac) = self.adapter.forward(p, x)?;
                 Ok((a, ac, None))
             }
         }
@@ -274,7 +296,7 @@ impl Trainer {
     /// Adapted embeddings (tail, if any, then adapter): what probes and
     /// exports use. `x` is what [`Trainer::train_step`] takes.
     pub fn adapt(&self, x: ArrayView2<f32>) -> Result<Array2<f32>, TrainError> {
-        adapted::embed_chunked(self.tail.as_ref(), &self.params, x)
+        adapted::embed_chunked(self.tail.as_ref(), Some(&self.adapter), &self.params, x)
     }
 
     /// This run's trained part as it stands, for inference only (no head,
@@ -287,7 +309,7 @@ impl Trainer {
     /// else the tail with its original weights (no adapter).
     pub fn frozen(&self, x: ArrayView2<f32>) -> Result<Array2<f32>, TrainError> {
         match &self.tail {
-            Some(spec) => adapted::embed_chunked(Some(spec), &self.tail_init, x),
+            Some(spec) => adapted::embed_chunked(Some(spec), None, &self.tail_init, x),
             None => Ok(x.to_owned()),
         }
     }
@@ -298,18 +320,18 @@ impl Trainer {
         &self,
         p: &Params,
         a: ArrayView2<f32>,
-    ) -> Result<(Array2<f32>, Option<super::layers::MlpCache>), TrainError> {
-        if self.config.head_out == 0 {
+    ) -> Result<(Array2<f32>, Option<LayerCache>), TrainError> {
+        let Some(head) = &self.head else {
             return Ok((a.to_owned(), None));
-        }
-        let (z, cache) = mlp_forward(p, "head", a)?;
+        };
+        let (z, cache) = head.forward(p, a)?;
         Ok((z, Some(cache)))
     }
 
     /// Keys from the momentum copy (no gradient).
     fn ema_keys(&self, x: ArrayView2<f32>) -> Result<Array2<f32>, TrainError> {
         adapted::chunked(x, |c| {
-            let a = adapted::embed_rows(self.tail.as_ref(), &self.ema, c)?;
+            let a = adapted::embed_rows(self.tail.as_ref(), Some(&self.adapter), &self.ema, c)?;
             Ok(self.head(&self.ema, a.view())?.0)
         })
     }
@@ -475,15 +497,19 @@ impl Trainer {
                         )
                     }
                     Objective::Byol => {
-                        let (p1, pc1) = mlp_forward(&self.params, "predictor", z1.view())?;
-                        let (p2, pc2) = mlp_forward(&self.params, "predictor", z2.view())?;
+                        let predictor = self
+                            .predictor
+                            .as_ref()
+                            .ok_or_else(|| TrainError::Config("BYOL without a predictor".into()))?;
+                        let (p1, pc1) = predictor.forward(&self.params, z1.view())?;
+                        let (p2, pc2) = predictor.forward(&self.params, z2.view())?;
                         let t1 = self.ema_keys(x1)?;
                         let t2 = self.ema_keys(x2)?;
                         let out = loss::byol_symmetric(p1.view(), p2.view(), t1.view(), t2.view())?;
                         let (dz1, g1) =
-                            mlp_backward(&self.params, "predictor", &pc1, out.grad_p1.view())?;
+                            predictor.backward(&self.params, &pc1, out.grad_p1.view())?;
                         let (dz2, g2) =
-                            mlp_backward(&self.params, "predictor", &pc2, out.grad_p2.view())?;
+                            predictor.backward(&self.params, &pc2, out.grad_p2.view())?;
                         grads.accumulate(g1)?;
                         grads.accumulate(g2)?;
                         (out.value, dz1, dz2)
@@ -503,11 +529,11 @@ impl Trainer {
             backward.push((hc2, ac2, tc2, dz2));
         }
         for (hc, ac, tc, dz) in backward {
-            let (da, gh) = match hc {
-                Some(hc) => mlp_backward(&self.params, "head", hc, dz.view())?,
-                None => (dz.clone(), Params::new()),
+            let (da, gh) = match (hc, &self.head) {
+                (Some(hc), Some(head)) => head.backward(&self.params, hc, dz.view())?,
+                _ => (dz.clone(), Params::new()),
             };
-            let (dx, ga) = adapter_backward(&self.params, ac, da.view())?;
+            let (dx, ga) = self.adapter.backward(&self.params, ac, da.view())?;
             grads.accumulate(gh)?;
             grads.accumulate(ga)?;
             if let (Some(spec), Some(tc)) = (&self.tail, tc) {

@@ -149,3 +149,68 @@ pub fn replace_initializer(
     *init = f32_initializer(name, value);
     Ok(())
 }
+
+/// One node with a single output.
+pub fn node(
+    name: &str,
+    op_type: &str,
+    inputs: &[&str],
+    output: &str,
+    attribute: Vec<pb::AttributeProto>,
+) -> pb::NodeProto {
+    pb::NodeProto {
+        name: name.to_owned(),
+        op_type: op_type.to_owned(),
+        input: inputs.iter().map(|s| (*s).to_owned()).collect(),
+        output: vec![output.to_owned()],
+        attribute,
+        ..Default::default()
+    }
+}
+
+/// `output = input · weightᵀ + bias` (`Gemm`, `transB = 1`: the weight is
+/// `[out, in]`, as PyTorch stores a linear layer's).
+pub fn gemm(name: &str, input: &str, weight: &str, bias: &str, output: &str) -> pb::NodeProto {
+    node(
+        name,
+        "Gemm",
+        &[input, weight, bias],
+        output,
+        vec![
+            attr_float("alpha", 1.0),
+            attr_float("beta", 1.0),
+            attr_int("transA", 0),
+            attr_int("transB", 1),
+        ],
+    )
+}
+
+/// A float attribute.
+pub fn attr_float(name: &str, f: f32) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.to_owned(),
+        r#type: pb::attribute_proto::AttributeType::Float as i32,
+        f,
+        ..Default::default()
+    }
+}
+
+/// An int attribute.
+pub fn attr_int(name: &str, i: i64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.to_owned(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i,
+        ..Default::default()
+    }
+}
+
+/// An ints attribute.
+pub fn attr_ints(name: &str, ints: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.to_owned(),
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ints: ints.to_vec(),
+        ..Default::default()
+    }
+}

@@ -15,8 +15,8 @@ mod read;
 use std::path::PathBuf;
 
 pub use edit::{
-    cut_at, expose_output, f32_initializer, float_output, graph_mut, nearest_tensor_names,
-    only_output, replace_initializer, require_tensor,
+    attr_float, attr_int, attr_ints, cut_at, expose_output, f32_initializer, float_output, gemm,
+    graph_mut, nearest_tensor_names, node, only_output, replace_initializer, require_tensor,
 };
 pub use read::{load_verified, parse_proto, read_verified, sha256_hex};
 

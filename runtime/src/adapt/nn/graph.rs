@@ -17,6 +17,10 @@ use super::NnError;
 /// large enough that per-chunk overhead is noise next to the GEMMs.
 pub const CHUNK: usize = 16;
 
+/// Parameter gradients by id (`None`: frozen) and, when asked for, the
+/// input's gradient as rows.
+pub type RowGrads = (Vec<Option<Tensor>>, Option<ndarray::Array2<f32>>);
+
 /// One trainable tensor: its ONNX initialiser name, shape and kind.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamSpec {
@@ -284,6 +288,22 @@ impl Graph {
         dy: Tensor,
         trainable: &[bool],
     ) -> Result<Vec<Option<Tensor>>, NnError> {
+        Ok(self
+            .backward_with_input(params, tape, dy, trainable, false)?
+            .0)
+    }
+
+    /// [`Graph::backward`] that also returns the gradient of the graph's
+    /// input when `want_input` (`None` otherwise): what a graph stacked on
+    /// another passes down (the adapter's to the trained encoder layers).
+    pub fn backward_with_input(
+        &self,
+        params: &[&Tensor],
+        tape: &Tape,
+        dy: Tensor,
+        trainable: &[bool],
+        want_input: bool,
+    ) -> Result<(Vec<Option<Tensor>>, Option<Tensor>), NnError> {
         self.check_params(params)?;
         let out = tape.shapes.last().cloned().unwrap_or_default();
         if dy.shape() != out.as_slice() {
@@ -304,7 +324,14 @@ impl Graph {
                 self.params.len()
             )));
         }
-        let needs = self.needs_grad(trainable);
+        let mut needs = self.needs_grad(trainable);
+        if want_input {
+            // Every value computed from the input then carries a gradient.
+            needs[0] = true;
+            for (i, node) in self.nodes.iter().enumerate() {
+                needs[i + 1] = needs[i + 1] || node.inputs.iter().any(|&v| needs[v]);
+            }
+        }
         let mut grads: Vec<Option<Tensor>> = vec![None; self.nodes.len() + 1];
         let last = self.nodes.len();
         grads[last] = Some(dy);
@@ -328,7 +355,11 @@ impl Graph {
                 .map(|&v| tape.shapes[v].as_slice())
                 .collect();
             let p: Vec<&Tensor> = node.params.iter().map(|&k| params[k]).collect();
-            let want: Vec<bool> = node.inputs.iter().map(|&v| v != 0 && needs[v]).collect();
+            let want: Vec<bool> = node
+                .inputs
+                .iter()
+                .map(|&v| (v != 0 || want_input) && needs[v])
+                .collect();
             // The op adds into its own slots; they go back after.
             let mut slots: Vec<Option<Tensor>> =
                 node.params.iter().map(|&k| pgrads[k].take()).collect();
@@ -353,7 +384,12 @@ impl Graph {
                 }
             }
         }
-        Ok(pgrads)
+        let dx = want_input.then(|| {
+            grads[0]
+                .take()
+                .unwrap_or_else(|| Tensor::zeros(tape.shapes[0].clone()))
+        });
+        Ok((pgrads, dx))
     }
 
     /// [`Graph::forward`] of `x` given as flattened rows `[N, ∏input_shape]`,
@@ -430,6 +466,22 @@ impl Graph {
         trainable: &[bool],
         threads: usize,
     ) -> Result<Vec<Option<Tensor>>, NnError> {
+        Ok(self
+            .backward_rows_with_input(params, tape, dy, trainable, threads, false)?
+            .0)
+    }
+
+    /// [`Graph::backward_rows`] that also returns the input's gradient as
+    /// rows `[N, ∏input_shape]` when `want_input`.
+    pub fn backward_rows_with_input(
+        &self,
+        params: &[&Tensor],
+        tape: &BatchTape,
+        dy: ArrayView2<f32>,
+        trainable: &[bool],
+        threads: usize,
+        want_input: bool,
+    ) -> Result<RowGrads, NnError> {
         let out_width: usize = self.output_shape.iter().product();
         if dy.dim() != (tape.rows, out_width) {
             return Err(NnError::Input {
@@ -448,11 +500,21 @@ impl Graph {
                 .into_owned()
                 .into_shape_with_order(shape)
                 .map_err(|e| NnError::Graph(e.to_string()))?;
-            self.backward(params, &tape.chunks[c], g.into_dyn(), trainable)
+            self.backward_with_input(params, &tape.chunks[c], g.into_dyn(), trainable, want_input)
         });
+        let in_width: usize = self.input_shape.iter().product();
+        let mut dx = want_input.then(|| ndarray::Array2::<f32>::zeros((tape.rows, in_width)));
         let mut total: Option<Vec<Option<Tensor>>> = None;
-        for r in results {
-            let g = r?;
+        for (c, r) in results.into_iter().enumerate() {
+            let (g, d) = r?;
+            if let (Some(dx), Some(d)) = (dx.as_mut(), d) {
+                let lo = c * CHUNK;
+                let rows = d.shape()[0];
+                let d = d
+                    .into_shape_with_order((rows, in_width))
+                    .map_err(|e| NnError::Graph(e.to_string()))?;
+                dx.slice_mut(ndarray::s![lo..lo + rows, ..]).assign(&d);
+            }
             match total.as_mut() {
                 None => total = Some(g),
                 Some(t) => {
@@ -464,7 +526,18 @@ impl Graph {
                 }
             }
         }
-        Ok(total.unwrap_or_else(|| vec![None; self.params.len()]))
+        Ok((total.unwrap_or_else(|| vec![None; self.params.len()]), dx))
+    }
+}
+
+impl Tape {
+    /// Rows of the batch it was recorded on.
+    pub fn rows(&self) -> usize {
+        self.shapes
+            .first()
+            .and_then(|s| s.first())
+            .copied()
+            .unwrap_or(0)
     }
 }
 
