@@ -5,7 +5,7 @@
 
 use edgeclr::adapt::layers::{
     init_adapter, init_linear, init_mlp, init_zero_linear, onnx_nodes, Layer, LayerCache,
-    LayerKind, LayersError,
+    LayerKind, LayersError, RunLayers,
 };
 use edgeclr::adapt::optim::{AdamW, CosineSchedule, OptimError, Optimizer, OptimizerKind, Sgd};
 use edgeclr::adapt::{Params, ParamsError};
@@ -315,6 +315,20 @@ fn layers_are_their_onnx_nodes() {
             "adapter.up.bias"
         ]
     );
+}
+
+/// `--memory-budget` reads the layers' sizes from their graphs: the
+/// parameters of the default adapter and head on 1280-d, and what their
+/// backward keeps per sample (each Gemm's input, as its weight trains; the
+/// ReLU outputs are those inputs, so no extra mask).
+#[test]
+fn run_layers_report_their_sizes() {
+    let config = edgeclr::adapt::config::AdaptConfig::default();
+    let layers = RunLayers::new(&config, 1280).unwrap();
+    assert!(layers.predictor.is_none());
+    let (d, r, h, o) = (1280, 128, 512, 128);
+    assert_eq!(layers.numel(), 2 * d * r + r + d + d * h + h + h * o + o);
+    assert_eq!(layers.kept_bytes_per_sample(), 4 * (d + r + d + h));
 }
 
 /// The checker is not vacuous: a gradient off by 5 % in one entry, or one

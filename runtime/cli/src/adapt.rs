@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use edgeclr::adapt::budget::RunShape;
 use edgeclr::adapt::config::AdaptConfig;
+use edgeclr::adapt::layers::RunLayers;
 use edgeclr::adapt::loss::Objective;
 use edgeclr::adapt::optim::OptimizerKind;
 use edgeclr::adapt::session::run_dir::{self, EpochLog};
@@ -598,7 +599,17 @@ fn memory_shape(
         }
         None => 0,
     };
-    let defaults = AdaptConfig::default();
+    // The adapter, head and predictor this run will train, for their sizes.
+    let embed_dim = tail.map_or(view_width, |t| t.out_dim);
+    let layers = RunLayers::new(
+        &AdaptConfig {
+            loss: args.loss,
+            bottleneck: args.bottleneck,
+            head_out: args.head_out,
+            ..AdaptConfig::default()
+        },
+        embed_dim,
+    )?;
     Ok(RunShape {
         images,
         views: args.views,
@@ -606,18 +617,13 @@ fn memory_shape(
         val_images,
         bank: args.bank_size,
         batch: args.batch_size,
-        bottleneck: args.bottleneck,
-        head_hidden: if args.head_out == 0 {
-            0
-        } else {
-            defaults.head_hidden
-        },
         head_out: if args.head_out == 0 {
-            manifest.outputs.embedding_dim
+            embed_dim
         } else {
             args.head_out
         },
-        predictor: args.loss.needs_predictor(),
+        layer_params: layers.numel(),
+        layer_kept_bytes: layers.kept_bytes_per_sample(),
         model_file_bytes: std::fs::metadata(&manifest.onnx).map_or(0, |m| m.len()),
         precision,
         threads: args.model.threads,

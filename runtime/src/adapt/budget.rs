@@ -12,9 +12,9 @@
 //! | cache build | one view of `images × dim × 4` in f32 parts, concatenated at the end |
 //! | diagnostics | four `images × dim × 4` copies (two adapted views, their L2-normalised copies) |
 //! | validation | `val_images × dim × 4 × 3` (frozen, adapted train/test) |
-//! | parameters | adapter + head (+ predictor) + trained encoder layers × 5 copies: weights, EMA, gradient, two AdamW moments |
+//! | parameters | adapter + head (+ predictor) + trained encoder layers × 5 copies: weights, EMA, gradient, two AdamW moments (counted on their engine graphs) |
 //! | bank | `bank × head_out × 4`, plus the logits `batch × (bank + 1) × 4 × 3` |
-//! | step | `batch × (4·dim + 3·head_hidden + 4·head_out) × 4 × 2` views, + `batch × 2 × ` what the trained encoder layers' backward keeps per view (read from the engine graph: [`crate::adapt::tail::TailSpec::activation_bytes_per_sample`]) |
+//! | step | `batch × 2` views × (what the backward of the trained encoder layers, adapter, head and predictor keeps per view, read from their engine graphs: [`crate::adapt::tail::TailSpec::activation_bytes_per_sample`], [`crate::adapt::layers::RunLayers::kept_bytes_per_sample`]; + the view, the embedding and the keys with their gradients, `(view + 2·embedding + 2·head_out) × 4`) |
 //!
 //! The planner first tries the requested settings; if they do not fit it
 //! runs the encoder on one thread (slower, same results), then switches the cache to f16 (when the caller can store one), then halves the
@@ -44,11 +44,14 @@ pub struct RunShape {
     pub val_images: usize,
     pub bank: usize,
     pub batch: usize,
-    pub bottleneck: usize,
-    pub head_hidden: usize,
+    /// Width of the keys the bank stores (the head's output, or the
+    /// embedding without a head).
     pub head_out: usize,
-    /// BYOL's predictor doubles the head.
-    pub predictor: bool,
+    /// Parameters of the adapter, head and predictor
+    /// ([`crate::adapt::layers::RunLayers::numel`]).
+    pub layer_params: usize,
+    /// Bytes of activations their backward keeps per view.
+    pub layer_kept_bytes: usize,
     /// Size of the ONNX file on disk.
     pub model_file_bytes: u64,
     pub precision: Precision,
@@ -148,11 +151,7 @@ pub fn estimate(shape: &RunShape, cal: &Calibration) -> Estimate {
         u(shape.embed_dim)
     };
     let (b, k) = (u(shape.batch), u(shape.bank));
-    let (h, o, r) = (u(shape.head_hidden), u(shape.head_out), u(shape.bottleneck));
-    let mut weights = 2 * d * r + r + d + d * h + h + h * o + o;
-    if shape.predictor {
-        weights += o * h + h + h * o + o;
-    }
+    let o = u(shape.head_out);
     Estimate {
         encoder: (cal.model_overhead * shape.model_file_bytes as f64) as u64
             + cal.runtime_base
@@ -161,10 +160,11 @@ pub fn estimate(shape: &RunShape, cal: &Calibration) -> Estimate {
         cache_build: n * w * f32b,
         diagnostics: 4 * n * d * f32b,
         validation: 3 * u(shape.val_images) * d * f32b,
-        parameters: 5 * (weights + u(shape.tail_params)) * f32b,
+        parameters: 5 * (u(shape.layer_params) + u(shape.tail_params)) * f32b,
         bank: k * o * f32b + 3 * b * (k + 1) * f32b,
-        step: 2 * b * (4 * d + 3 * h + 4 * o) * f32b
-            + 2 * b * (u(shape.tail_kept_bytes) + w * f32b),
+        step: 2
+            * b
+            * (u(shape.layer_kept_bytes) + u(shape.tail_kept_bytes) + (w + 2 * d + 2 * o) * f32b),
     }
 }
 
@@ -307,10 +307,10 @@ mod tests {
             val_images: 0,
             bank: 4096,
             batch: 64,
-            bottleneck: 128,
-            head_hidden: 512,
             head_out: 128,
-            predictor: false,
+            // The default adapter (r = 128) and head (512, 128) on 1280-d.
+            layer_params: 2 * 1280 * 128 + 128 + 1280 + 1280 * 512 + 512 + 512 * 128 + 128,
+            layer_kept_bytes: 4 * (1280 + 128 + 1280 + 512),
             model_file_bytes: 14 * MIB,
             precision: Precision::F32,
             threads: 1,

@@ -399,6 +399,60 @@ impl Layer {
     }
 }
 
+/// The layers one run trains on an embedding of width `dim`: the adapter,
+/// the projection head (unless `head_out = 0`) and BYOL's predictor. Built
+/// once from the settings; the trainer runs them and `--memory-budget`
+/// reads their sizes from their graphs.
+#[derive(Debug, Clone)]
+pub struct RunLayers {
+    pub adapter: Layer,
+    pub head: Option<Layer>,
+    pub predictor: Option<Layer>,
+}
+
+impl RunLayers {
+    /// For `config` on `dim`-wide embeddings.
+    pub fn new(config: &super::config::AdaptConfig, dim: usize) -> Result<Self> {
+        let adapter = Layer::adapter(dim, config.bottleneck)?;
+        let head = (config.head_out > 0)
+            .then(|| Layer::mlp("head", dim, config.head_hidden, config.head_out))
+            .transpose()?;
+        let predictor = config
+            .loss
+            .needs_predictor()
+            .then(|| {
+                Layer::mlp(
+                    "predictor",
+                    config.head_out,
+                    config.head_hidden,
+                    config.head_out,
+                )
+            })
+            .transpose()?;
+        Ok(Self {
+            adapter,
+            head,
+            predictor,
+        })
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Layer> {
+        std::iter::once(&self.adapter)
+            .chain(self.head.as_ref())
+            .chain(self.predictor.as_ref())
+    }
+
+    /// Parameter values of all of them.
+    pub fn numel(&self) -> usize {
+        self.all().map(Layer::numel).sum()
+    }
+
+    /// Bytes of activations per sample their backward keeps.
+    pub fn kept_bytes_per_sample(&self) -> usize {
+        self.all().map(Layer::kept_bytes_per_sample).sum()
+    }
+}
+
 impl LayerCache {
     fn tape_rows(&self) -> usize {
         self.tape.rows()

@@ -21,7 +21,7 @@ use serde::Serialize;
 use super::adapted::{self, AdaptedModel};
 use super::bank::MemoryBank;
 use super::config::AdaptConfig;
-use super::layers::{init_adapter, init_mlp, Layer, LayerCache};
+use super::layers::{init_adapter, init_mlp, Layer, LayerCache, RunLayers};
 use super::loss::{self, Objective, SigmoidParams};
 use super::optim::{CosineSchedule, Optimizer};
 use super::params::Params;
@@ -197,21 +197,11 @@ impl Trainer {
             total_steps: total,
             min_lr: 0.0,
         };
-        let adapter = Layer::adapter(dim, config.bottleneck)?;
-        let head = (config.head_out > 0)
-            .then(|| Layer::mlp("head", dim, config.head_hidden, config.head_out))
-            .transpose()?;
-        let predictor = objective
-            .needs_predictor()
-            .then(|| {
-                Layer::mlp(
-                    "predictor",
-                    config.head_out,
-                    config.head_hidden,
-                    config.head_out,
-                )
-            })
-            .transpose()?;
+        let RunLayers {
+            adapter,
+            head,
+            predictor,
+        } = RunLayers::new(&config, dim)?;
         Ok(Self {
             optimizer: optimizer(&config)?,
             objective,
