@@ -17,10 +17,6 @@ use super::NnError;
 /// large enough that per-chunk overhead is noise next to the GEMMs.
 pub const CHUNK: usize = 16;
 
-/// Parameter gradients by id (`None`: frozen) and, when asked for, the
-/// input's gradient as rows.
-pub type RowGrads = (Vec<Option<Tensor>>, Option<ndarray::Array2<f32>>);
-
 /// One trainable tensor: its ONNX initialiser name, shape and kind.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamSpec {
@@ -405,7 +401,7 @@ impl Graph {
     }
 
     /// [`Graph::forward_rows`] keeping only the values flagged in `keep`
-    /// ([`Graph::kept_values`]) for the backward.
+    /// ([`Graph::keep_plan`]) for the backward.
     pub fn forward_rows_keeping(
         &self,
         params: &[&Tensor],
@@ -466,22 +462,6 @@ impl Graph {
         trainable: &[bool],
         threads: usize,
     ) -> Result<Vec<Option<Tensor>>, NnError> {
-        Ok(self
-            .backward_rows_with_input(params, tape, dy, trainable, threads, false)?
-            .0)
-    }
-
-    /// [`Graph::backward_rows`] that also returns the input's gradient as
-    /// rows `[N, ∏input_shape]` when `want_input`.
-    pub fn backward_rows_with_input(
-        &self,
-        params: &[&Tensor],
-        tape: &BatchTape,
-        dy: ArrayView2<f32>,
-        trainable: &[bool],
-        threads: usize,
-        want_input: bool,
-    ) -> Result<RowGrads, NnError> {
         let out_width: usize = self.output_shape.iter().product();
         if dy.dim() != (tape.rows, out_width) {
             return Err(NnError::Input {
@@ -500,21 +480,11 @@ impl Graph {
                 .into_owned()
                 .into_shape_with_order(shape)
                 .map_err(|e| NnError::Graph(e.to_string()))?;
-            self.backward_with_input(params, &tape.chunks[c], g.into_dyn(), trainable, want_input)
+            self.backward(params, &tape.chunks[c], g.into_dyn(), trainable)
         });
-        let in_width: usize = self.input_shape.iter().product();
-        let mut dx = want_input.then(|| ndarray::Array2::<f32>::zeros((tape.rows, in_width)));
         let mut total: Option<Vec<Option<Tensor>>> = None;
-        for (c, r) in results.into_iter().enumerate() {
-            let (g, d) = r?;
-            if let (Some(dx), Some(d)) = (dx.as_mut(), d) {
-                let lo = c * CHUNK;
-                let rows = d.shape()[0];
-                let d = d
-                    .into_shape_with_order((rows, in_width))
-                    .map_err(|e| NnError::Graph(e.to_string()))?;
-                dx.slice_mut(ndarray::s![lo..lo + rows, ..]).assign(&d);
-            }
+        for r in results {
+            let g = r?;
             match total.as_mut() {
                 None => total = Some(g),
                 Some(t) => {
@@ -526,7 +496,7 @@ impl Graph {
                 }
             }
         }
-        Ok((total.unwrap_or_else(|| vec![None; self.params.len()]), dx))
+        Ok(total.unwrap_or_else(|| vec![None; self.params.len()]))
     }
 }
 
