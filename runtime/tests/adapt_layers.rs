@@ -15,7 +15,8 @@ use rand_chacha::ChaCha8Rng;
 
 // ---------------------------------------------------------------- helpers
 
-// Each layer is resolved from the weights' shapes, as `AdaptedModel` does.
+// Each layer is built from the weights' shapes and resolved in them, as
+// `AdaptedModel` does; gradients go into a store of the same layout.
 
 fn linear_forward(
     p: &Params,
@@ -31,16 +32,18 @@ fn linear_backward(
     x: ArrayView2<f32>,
     dy: ArrayView2<f32>,
 ) -> Result<(Array2<f32>, Params), LayersError> {
-    let layer = Layer::from_params(p, prefix, false)?;
+    let layer = Layer::from_params(p, prefix, false)?.resolved(p)?;
     let (_, cache) = layer.forward(p, x)?;
-    layer.backward(p, &cache, dy)
+    let mut grads = p.empty_like();
+    let dx = layer.backward(p, &cache, dy, &mut grads)?;
+    Ok((dx, grads))
 }
 
 fn adapter_forward(
     p: &Params,
     x: ArrayView2<f32>,
 ) -> Result<(Array2<f32>, (Layer, LayerCache)), LayersError> {
-    let layer = Layer::from_params(p, "adapter", false)?;
+    let layer = Layer::from_params(p, "adapter", false)?.resolved(p)?;
     let (y, cache) = layer.forward(p, x)?;
     Ok((y, (layer, cache)))
 }
@@ -50,7 +53,9 @@ fn adapter_backward(
     cache: &(Layer, LayerCache),
     dy: ArrayView2<f32>,
 ) -> Result<(Array2<f32>, Params), LayersError> {
-    cache.0.backward(p, &cache.1, dy)
+    let mut grads = p.empty_like();
+    let dx = cache.0.backward(p, &cache.1, dy, &mut grads)?;
+    Ok((dx, grads))
 }
 
 fn mlp_forward(
@@ -58,7 +63,7 @@ fn mlp_forward(
     prefix: &str,
     x: ArrayView2<f32>,
 ) -> Result<(Array2<f32>, (Layer, LayerCache)), LayersError> {
-    let layer = Layer::from_params(p, prefix, true)?;
+    let layer = Layer::from_params(p, prefix, true)?.resolved(p)?;
     let (y, cache) = layer.forward(p, x)?;
     Ok((y, (layer, cache)))
 }
@@ -69,7 +74,9 @@ fn mlp_backward(
     cache: &(Layer, LayerCache),
     dy: ArrayView2<f32>,
 ) -> Result<(Array2<f32>, Params), LayersError> {
-    cache.0.backward(p, &cache.1, dy)
+    let mut grads = p.empty_like();
+    let dx = cache.0.backward(p, &cache.1, dy, &mut grads)?;
+    Ok((dx, grads))
 }
 
 fn rand_matrix(rng: &mut ChaCha8Rng, rows: usize, cols: usize) -> Array2<f32> {

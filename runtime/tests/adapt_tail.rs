@@ -240,7 +240,8 @@ fn forward_and_backward_match_the_numpy_reference() {
     let loss = weighted_loss(y.view(), g.view());
     assert!((loss - r.loss).abs() < 1e-5, "{loss} vs {}", r.loss);
 
-    let grads = tail::backward(&spec, &init, &cache, g.view()).unwrap();
+    let mut grads = Params::new();
+    tail::backward(&spec, &init, &cache, g.view(), &mut grads).unwrap();
     assert_eq!(grads.len(), r.grads.len());
     for (name, want) in &r.grads {
         let got = grads.get(name).unwrap();
@@ -252,6 +253,16 @@ fn forward_and_backward_match_the_numpy_reference() {
             );
         }
     }
+    // Resolved once (as the trainer does), the tail reaches its weights and
+    // gradients by handle: the same bits as by name.
+    let mut resolved = spec.clone();
+    resolved.resolve(&init).unwrap();
+    let (y2, cache2) = tail::forward(&resolved, &init, trunk.view()).unwrap();
+    assert_eq!(y2, y);
+    let mut by_handle = init.empty_like();
+    tail::backward(&resolved, &init, &cache2, g.view(), &mut by_handle).unwrap();
+    assert!(by_handle.same_layout(&init));
+    assert_eq!(by_handle, grads);
     // The raw input is not the trunk output: the "trunk" Relu matters.
     assert_ne!(matrix(&r.x), trunk);
 }
@@ -263,7 +274,8 @@ fn gradient_matches_finite_differences() {
     let trunk = matrix(&r.trunk);
     let g = matrix(&r.upstream);
     let (_, cache) = tail::forward(&spec, &init, trunk.view()).unwrap();
-    let grads = tail::backward(&spec, &init, &cache, g.view()).unwrap();
+    let mut grads = Params::new();
+    tail::backward(&spec, &init, &cache, g.view(), &mut grads).unwrap();
     let h = 1e-3f32;
     let mut checked = 0;
     for name in spec.param_names() {
@@ -664,7 +676,8 @@ fn dropped_activations_change_no_gradient() {
         let x = Array2::from_shape_fn((5, width), |_| rng.random_range(-1.0f32..1.0));
         let g = Array2::from_shape_fn((5, spec.out_dim), |_| rng.random_range(-1.0f32..1.0));
         let (y, cache) = tail::forward(&spec, &init, x.view()).unwrap();
-        let grads = tail::backward(&spec, &init, &cache, g.view()).unwrap();
+        let mut grads = Params::new();
+        tail::backward(&spec, &init, &cache, g.view(), &mut grads).unwrap();
         // Reference: the engine keeping every value.
         let graph = spec.graph();
         let refs: Vec<_> = graph

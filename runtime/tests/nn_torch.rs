@@ -210,7 +210,8 @@ fn tail_api_matches_torch_autograd_on_blocks_4() {
     println!("tail: y max|d| = {y_err:.3e}");
     assert!(y_err <= Y_TOL, "tail forward differs from torch: {y_err}");
 
-    let grads = tail::backward(&spec, &init, &cache, g.view()).unwrap();
+    let mut grads = init.empty_like();
+    tail::backward(&spec, &init, &cache, g.view(), &mut grads).unwrap();
     let grads: BTreeMap<String, ArrayD<f32>> = grads
         .iter()
         .map(|(k, v)| {

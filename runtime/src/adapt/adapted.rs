@@ -61,7 +61,7 @@ impl AdaptedModel {
     /// adapter's and the trained layers' tensors, drops the rest (projection
     /// head, momentum copy, optimiser state, bank). `tail` is the scope the
     /// run trained (from [`tail::load_tail`]), `None` for an adapter alone.
-    pub fn new(params: &Params, tail: Option<TailSpec>) -> Result<Self, TrainError> {
+    pub fn new(params: &Params, mut tail: Option<TailSpec>) -> Result<Self, TrainError> {
         let mut kept = params.with_prefix(ADAPTER_PREFIX);
         let has_tail = params.names().any(|n| n.starts_with(TAIL_PREFIX));
         if has_tail != tail.is_some() {
@@ -76,8 +76,11 @@ impl AdaptedModel {
         let adapter = kept
             .names()
             .any(|n| n.starts_with(ADAPTER_PREFIX))
-            .then(|| Layer::from_params(&kept, ADAPTER, false))
+            .then(|| Layer::from_params(&kept, ADAPTER, false)?.resolved(&kept))
             .transpose()?;
+        if let Some(spec) = tail.as_mut() {
+            spec.resolve(&kept)?;
+        }
         Ok(Self {
             params: kept,
             tail,

@@ -28,7 +28,7 @@ use rand::Rng;
 use tract_onnx::pb;
 
 use super::nn::{self, Graph, KeepPlan, NnError, Tape};
-use super::params::{Params, ParamsError};
+use super::params::{ParamId, Params, ParamsError};
 
 /// Prefix of the residual adapter's parameters.
 pub const ADAPTER_PREFIX: &str = "adapter";
@@ -220,14 +220,17 @@ pub fn onnx_nodes(
     }
 }
 
-/// One layer as an engine graph, its parameters resolved once to their
-/// names in a [`Params`] (the run's storage and checkpoint format).
+/// One layer as an engine graph, its parameters named in a [`Params`] (the
+/// run's storage and checkpoint format) and resolved once to handles there
+/// ([`Layer::resolve`]).
 #[derive(Debug, Clone)]
 pub struct Layer {
     kind: LayerKind,
     graph: Arc<Graph>,
     /// The [`Params`] name of each engine parameter, by id.
     keys: Vec<String>,
+    /// The handle of each, once resolved (empty before: names are used).
+    ids: Vec<ParamId>,
     /// Every parameter trains.
     trainable: Vec<bool>,
     /// What the backward reads (ReLU outputs as masks).
@@ -267,9 +270,35 @@ impl Layer {
             kind,
             graph: Arc::new(g),
             keys,
+            ids: Vec::new(),
             trainable,
             keep,
         })
+    }
+
+    /// Resolves the layer's parameters in `p` once, checking their shapes:
+    /// from then on its passes reach them by handle in `p` and in every
+    /// store made from it (the momentum copy, the gradients), with no name
+    /// looked up. A store of another layout still works, by name.
+    pub fn resolve(&mut self, p: &Params) -> Result<()> {
+        let ids = self
+            .keys
+            .iter()
+            .zip(self.graph.params())
+            .map(|(key, spec)| {
+                let id = p.id(key)?;
+                check_shape(key, p.at(id)?, &spec.shape)?;
+                Ok(id)
+            })
+            .collect::<Result<_>>()?;
+        self.ids = ids;
+        Ok(())
+    }
+
+    /// The same layer with its parameters resolved in `p`.
+    pub fn resolved(mut self, p: &Params) -> Result<Self> {
+        self.resolve(p)?;
+        Ok(self)
     }
 
     /// The residual adapter (`adapter.*`).
@@ -324,15 +353,13 @@ impl Layer {
         self.keys
             .iter()
             .zip(self.graph.params())
-            .map(|(key, spec)| {
-                let t = p.get(key)?;
-                if t.shape() != spec.shape.as_slice() {
-                    return Err(LayersError::Shape {
-                        what: key.clone(),
-                        got: t.shape().to_vec(),
-                        expected: format!("{:?}", spec.shape),
-                    });
-                }
+            .enumerate()
+            .map(|(i, (key, spec))| {
+                let t = match self.ids.get(i) {
+                    Some(&id) => p.get_by(id, key)?,
+                    None => p.get(key)?,
+                };
+                check_shape(key, t, &spec.shape)?;
                 Ok(t)
             })
             .collect()
@@ -361,14 +388,16 @@ impl Layer {
         Ok(self.run(p, x, &nothing)?.0)
     }
 
-    /// `∂L/∂x` for upstream gradient `dy` `[batch, out]`, and the gradient of
-    /// every parameter under its [`Params`] name.
+    /// `∂L/∂x` for upstream gradient `dy` `[batch, out]`; the gradient of
+    /// every parameter is added into `grads` (by handle when `grads` was
+    /// made from the store the layer was resolved in, else by name).
     pub fn backward(
         &self,
         p: &Params,
         cache: &LayerCache,
         dy: ArrayView2<f32>,
-    ) -> Result<(Array2<f32>, Params)> {
+        grads: &mut Params,
+    ) -> Result<Array2<f32>> {
         let (_, output) = self.kind.widths();
         let rows = cache.tape_rows();
         check_cols("layer upstream gradient", dy, output)?;
@@ -381,7 +410,7 @@ impl Layer {
         }
         check_finite("layer upstream gradient", dy)?;
         let params = self.bind(p)?;
-        let (grads, dx) = self.graph.backward_with_input(
+        let (param_grads, dx) = self.graph.backward_with_input(
             &params,
             &cache.tape,
             dy.to_owned().into_dyn(),
@@ -389,13 +418,8 @@ impl Layer {
             true,
         )?;
         let dx = dx.ok_or_else(|| NnError::Graph("no input gradient".into()))?;
-        let mut out = Params::new();
-        for (key, g) in self.keys.iter().zip(grads) {
-            if let Some(g) = g {
-                out.insert(key.clone(), g);
-            }
-        }
-        Ok((into_matrix(dx)?, out))
+        add_grads(grads, &self.keys, &self.ids, param_grads)?;
+        into_matrix(dx)
     }
 }
 
@@ -457,6 +481,36 @@ impl LayerCache {
     fn tape_rows(&self) -> usize {
         self.tape.rows()
     }
+}
+
+/// Adds each engine parameter's gradient (`None`: frozen) into `grads`,
+/// by handle where resolved (`ids` empty: by name).
+pub(crate) fn add_grads(
+    grads: &mut Params,
+    keys: &[String],
+    ids: &[ParamId],
+    param_grads: Vec<Option<ArrayD<f32>>>,
+) -> Result<(), ParamsError> {
+    for (i, (key, g)) in keys.iter().zip(param_grads).enumerate() {
+        let Some(g) = g else { continue };
+        match ids.get(i) {
+            Some(&id) => grads.accumulate_at(id, key, g)?,
+            None => grads.accumulate_named(key, g)?,
+        }
+    }
+    Ok(())
+}
+
+/// A weight's shape against the one its graph was built for.
+fn check_shape(key: &str, t: &ArrayD<f32>, expected: &[usize]) -> Result<()> {
+    if t.shape() != expected {
+        return Err(LayersError::Shape {
+            what: key.to_owned(),
+            got: t.shape().to_vec(),
+            expected: format!("{expected:?}"),
+        });
+    }
+    Ok(())
 }
 
 fn into_matrix(y: ArrayD<f32>) -> Result<Array2<f32>> {

@@ -26,4 +26,4 @@ pub mod tail;
 pub mod trainer;
 pub mod views;
 
-pub use params::{Params, ParamsError};
+pub use params::{ParamId, Params, ParamsError};

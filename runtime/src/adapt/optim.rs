@@ -1,4 +1,6 @@
-//! Optimisers and the learning-rate schedule, over [`Params`].
+//! Optimisers and the learning-rate schedule, over [`Params`]: a step
+//! reaches each parameter, gradient and moment by its handle (the moments
+//! are kept in the parameters' layout), not by name.
 //!
 //! Both optimisers follow PyTorch's update formulas (`torch.optim.SGD` with
 //! `dampening = 0`, `torch.optim.AdamW`), so hyper-parameters from papers and
@@ -95,8 +97,8 @@ fn check_hyper(name: &'static str, value: f32, ok: bool, requirement: &'static s
 
 /// Checks every gradient against `params` before anything is written.
 fn validate_grads(params: &Params, grads: &Params) -> Result<()> {
-    for (name, g) in grads.iter() {
-        let w = params.get(name)?;
+    for (id, name, g) in grads.iter_ids() {
+        let w = params.get_by(id, name)?;
         if w.shape() != g.shape() {
             return Err(ParamsError::Shape {
                 name: name.to_owned(),
@@ -112,15 +114,27 @@ fn validate_grads(params: &Params, grads: &Params) -> Result<()> {
     Ok(())
 }
 
-/// Checks a buffer restored from a checkpoint against its parameter.
-fn check_buffer(buffer_name: &str, buf: &ArrayD<f32>, w: &ArrayD<f32>) -> Result<()> {
-    if buf.shape() != w.shape() {
-        return Err(ParamsError::Shape {
-            name: buffer_name.to_owned(),
-            got: buf.shape().to_vec(),
-            expected: w.shape().to_vec(),
+/// Checks the buffers (`{kind}.{param}`, restored from a checkpoint) of
+/// every parameter with a gradient against that parameter. First puts the
+/// buffers in the parameters' layout, so that the step reaches them by
+/// handle (a no-op after the first step).
+fn check_buffers(buffers: &mut Params, kind: &str, params: &Params, grads: &Params) -> Result<()> {
+    if !buffers.same_layout(params) {
+        *buffers = buffers.relaid_like(params);
+    }
+    for (id, name, buf) in buffers.iter_ids() {
+        if grads.get_by(id, name).is_err() {
+            continue;
         }
-        .into());
+        let w = params.get_by(id, name)?;
+        if buf.shape() != w.shape() {
+            return Err(ParamsError::Shape {
+                name: format!("{kind}.{name}"),
+                got: buf.shape().to_vec(),
+                expected: w.shape().to_vec(),
+            }
+            .into());
+        }
     }
     Ok(())
 }
@@ -212,14 +226,10 @@ impl Optimizer for Sgd {
     fn step(&mut self, params: &mut Params, grads: &Params, lr: f32) -> Result<()> {
         self.validate(lr)?;
         validate_grads(params, grads)?;
-        for (name, w) in self.momentum_buffers.iter() {
-            if grads.contains(name) {
-                check_buffer(&format!("sgd.momentum.{name}"), w, params.get(name)?)?;
-            }
-        }
+        check_buffers(&mut self.momentum_buffers, "sgd.momentum", params, grads)?;
         let (mu, wd, nesterov) = (self.momentum, self.weight_decay, self.nesterov);
-        for (name, g) in grads.iter() {
-            let w = params.get_mut(name)?;
+        for (id, name, g) in grads.iter_ids() {
+            let w = params.get_by_mut(id, name)?;
             let wd = if decays(w) { wd } else { 0.0 };
             // d = g + wd·w
             let mut d = g.clone();
@@ -230,16 +240,17 @@ impl Optimizer for Sgd {
                 Zip::from(&mut *w).and(&d).for_each(|w, &d| *w -= lr * d);
                 continue;
             }
-            let buf = if self.momentum_buffers.contains(name) {
-                let buf = self.momentum_buffers.get_mut(name)?;
+            let buffers = &mut self.momentum_buffers;
+            let buf = if buffers.get_by(id, name).is_ok() {
+                let buf = buffers.get_by_mut(id, name)?;
                 Zip::from(&mut *buf)
                     .and(&d)
                     .for_each(|b, &d| *b = mu * *b + d);
                 buf
             } else {
                 // PyTorch: buf = d on the first step (μ·0 + d).
-                self.momentum_buffers.insert(name, d.clone());
-                self.momentum_buffers.get_mut(name)?
+                buffers.accumulate_at(id, name, d.clone())?;
+                buffers.get_by_mut(id, name)?
             };
             if nesterov {
                 Zip::from(&mut *w)
@@ -347,13 +358,8 @@ impl Optimizer for AdamW {
     fn step(&mut self, params: &mut Params, grads: &Params, lr: f32) -> Result<()> {
         self.validate(lr)?;
         validate_grads(params, grads)?;
-        for (buffers, kind) in [(&self.m, "m"), (&self.v, "v")] {
-            for (name, buf) in buffers.iter() {
-                if grads.contains(name) {
-                    check_buffer(&format!("adamw.{kind}.{name}"), buf, params.get(name)?)?;
-                }
-            }
-        }
+        check_buffers(&mut self.m, "adamw.m", params, grads)?;
+        check_buffers(&mut self.v, "adamw.v", params, grads)?;
         self.step += 1;
         let t = self.step as f64;
         let (b1, b2) = (self.beta1, self.beta2);
@@ -362,18 +368,18 @@ impl Optimizer for AdamW {
         let step_size = (f64::from(lr) / bc1) as f32;
         let inv_bc2_sqrt = (1.0 / bc2_sqrt) as f32;
         let eps = self.eps;
-        for (name, g) in grads.iter() {
-            let w = params.get_mut(name)?;
+        for (id, name, g) in grads.iter_ids() {
+            let w = params.get_by_mut(id, name)?;
             if self.weight_decay != 0.0 && decays(w) {
                 let keep = 1.0 - lr * self.weight_decay;
                 w.mapv_inplace(|x| x * keep);
             }
-            if !self.m.contains(name) {
-                self.m.insert(name, ArrayD::zeros(g.raw_dim()));
-                self.v.insert(name, ArrayD::zeros(g.raw_dim()));
+            if self.m.get_by(id, name).is_err() {
+                self.m.accumulate_at(id, name, ArrayD::zeros(g.raw_dim()))?;
+                self.v.accumulate_at(id, name, ArrayD::zeros(g.raw_dim()))?;
             }
-            let m = self.m.get_mut(name)?;
-            let v = self.v.get_mut(name)?;
+            let m = self.m.get_by_mut(id, name)?;
+            let v = self.v.get_by_mut(id, name)?;
             Zip::from(&mut *w)
                 .and(&mut *m)
                 .and(&mut *v)
@@ -437,7 +443,15 @@ impl Optimizer for AdamW {
             ));
         }
         for (name, mb) in m.iter() {
-            check_buffer(&format!("adamw.v.{name}"), v.get(name)?, mb)?;
+            let vb = v.get(name)?;
+            if vb.shape() != mb.shape() {
+                return Err(ParamsError::Shape {
+                    name: format!("adamw.v.{name}"),
+                    got: vb.shape().to_vec(),
+                    expected: mb.shape().to_vec(),
+                }
+                .into());
+            }
         }
         if step == 0 && !m.is_empty() {
             return Err(OptimError::InvalidState(

@@ -27,7 +27,7 @@ use ndarray::{Array2, ArrayD, ArrayView2};
 use tract_onnx::pb;
 
 use super::nn::{self, graph::BatchTape, Graph, NnError, ParamKind};
-use super::params::{Params, ParamsError};
+use super::params::{ParamId, Params, ParamsError};
 
 /// Prefix of the tail layers' parameters.
 pub const TAIL_PREFIX: &str = "tail.";
@@ -172,6 +172,8 @@ pub struct TailSpec {
     graph: Arc<Graph>,
     /// `tail.<initialiser>` of every engine parameter, by id.
     keys: Vec<String>,
+    /// Their handles, once resolved ([`TailSpec::resolve`]; empty: by name).
+    ids: Vec<ParamId>,
     trainable: Vec<bool>,
     /// Which engine values the backward reads (the rest are dropped).
     keep: nn::graph::KeepPlan,
@@ -341,6 +343,7 @@ impl TailSpec {
                 .min(4),
             graph: Arc::new(g),
             keys,
+            ids: Vec::new(),
             trainable,
         };
         Ok((spec, init))
@@ -371,8 +374,29 @@ impl TailSpec {
         &self.graph
     }
 
+    /// Resolves the tail's parameters in `p` once (the trainer's store):
+    /// its passes then reach them by handle in `p` and every store made
+    /// from it, with no name looked up; another store still works by name.
+    pub fn resolve(&mut self, p: &Params) -> Result<()> {
+        self.ids = self
+            .keys
+            .iter()
+            .map(|k| p.id(k))
+            .collect::<Result<_, _>>()?;
+        Ok(())
+    }
+
     fn bind<'a>(&self, p: &'a Params) -> Result<Vec<&'a ArrayD<f32>>> {
-        self.keys.iter().map(|k| Ok(p.get(k)?)).collect()
+        let tensors = match self.ids.len() {
+            0 => self.keys.iter().map(|k| p.get(k)).collect(),
+            _ => self
+                .keys
+                .iter()
+                .zip(&self.ids)
+                .map(|(k, &id)| p.get_by(id, k))
+                .collect::<Result<_, _>>(),
+        };
+        Ok(tensors?)
     }
 }
 
@@ -414,25 +438,22 @@ pub fn embed(spec: &TailSpec, p: &Params, x: ArrayView2<f32>) -> Result<Array2<f
     Ok(y)
 }
 
-/// Gradients of the trainable tail parameters for upstream gradient `dy`
-/// `[B, out_dim]`.
+/// Adds the gradients of the trainable tail parameters for upstream
+/// gradient `dy` `[B, out_dim]` into `grads` (by handle when `grads` was
+/// made from the store the tail was resolved in, else by name).
 pub fn backward(
     spec: &TailSpec,
     p: &Params,
     cache: &TailCache,
     dy: ArrayView2<f32>,
-) -> Result<Params> {
+    grads: &mut Params,
+) -> Result<()> {
     let params = spec.bind(p)?;
-    let grads =
+    let param_grads =
         spec.graph
             .backward_rows(&params, &cache.tape, dy, &spec.trainable, spec.threads)?;
-    let mut out = Params::new();
-    for (key, g) in spec.keys.iter().zip(grads) {
-        if let Some(g) = g {
-            out.insert(key.clone(), g);
-        }
-    }
-    Ok(out)
+    super::layers::add_grads(grads, &spec.keys, &spec.ids, param_grads)?;
+    Ok(())
 }
 
 /// Errors preparing the frozen trunk for a tail.

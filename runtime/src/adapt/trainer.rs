@@ -24,7 +24,7 @@ use super::config::AdaptConfig;
 use super::layers::{init_adapter, init_mlp, Layer, LayerCache, RunLayers};
 use super::loss::{self, Objective, SigmoidParams};
 use super::optim::{CosineSchedule, Optimizer};
-use super::params::Params;
+use super::params::{ParamId, Params};
 use super::tail::{self, TailCache, TailSpec, TAIL_PREFIX};
 use super::views::ViewCache;
 
@@ -53,6 +53,9 @@ pub enum TrainError {
 pub const CLASSIFIER_WEIGHT: &str = "loss.classifier.weight";
 /// See [`CLASSIFIER_WEIGHT`].
 pub const CLASSIFIER_BIAS: &str = "loss.classifier.bias";
+/// Names of SigLIP's learnt temperature and bias in [`Params`] (`[1]` each).
+const SIGMOID_T_PRIME: &str = "loss.t_prime";
+const SIGMOID_BIAS: &str = "loss.bias";
 
 /// A 2-D view of a parameter that must be a matrix.
 fn matrix<'a>(p: &'a ArrayD<f32>, name: &str) -> Result<ArrayView2<'a, f32>, TrainError> {
@@ -88,6 +91,9 @@ pub struct Trainer {
     tail: Option<TailSpec>,
     /// The tail's original weights: the frozen encoder's embedding.
     tail_init: Params,
+    /// Handles of the objective's own parameters (`ce`'s classifier weight
+    /// and bias, SigLIP's `t_prime` and bias), resolved once.
+    loss_ids: Option<[ParamId; 2]>,
     /// Adapter and tail weights at construction (the adapter is the
     /// identity there): what [`AdaptConfig::anchor`] pulls toward.
     source: Params,
@@ -166,20 +172,29 @@ impl Trainer {
         if objective == Objective::Sigmoid {
             let init = SigmoidParams::default();
             params.insert(
-                "loss.t_prime",
+                SIGMOID_T_PRIME,
                 ArrayD::from_elem(vec![1], init.t_prime as f32),
             );
-            params.insert("loss.bias", ArrayD::from_elem(vec![1], init.bias as f32));
+            params.insert(SIGMOID_BIAS, ArrayD::from_elem(vec![1], init.bias as f32));
         }
-        let (tail, tail_init) = match tail {
-            Some((spec, init)) => {
+        let tail = match tail {
+            Some((mut spec, init)) => {
                 for name in spec.param_names() {
                     init.get(&name)?;
                 }
-                params.extend(init.clone());
-                (Some(spec), init)
+                params.extend(init);
+                spec.resolve(&params)?;
+                Some(spec)
             }
-            None => (None, Params::new()),
+            None => None,
+        };
+        // Every store below is made from `params`, so the handles the
+        // layers resolve there reach their tensors by slot in all of them.
+        let tail_init = params.with_prefix(TAIL_PREFIX);
+        let loss_ids = match objective {
+            Objective::Ce => Some([params.id(CLASSIFIER_WEIGHT)?, params.id(CLASSIFIER_BIAS)?]),
+            Objective::Sigmoid => Some([params.id(SIGMOID_T_PRIME)?, params.id(SIGMOID_BIAS)?]),
+            _ => None,
         };
         let mut source = params.with_prefix("adapter.");
         source.extend(params.with_prefix(TAIL_PREFIX));
@@ -202,6 +217,9 @@ impl Trainer {
             head,
             predictor,
         } = RunLayers::new(&config, dim)?;
+        let adapter = adapter.resolved(&params)?;
+        let head = head.map(|l| l.resolved(&params)).transpose()?;
+        let predictor = predictor.map(|l| l.resolved(&params)).transpose()?;
         Ok(Self {
             optimizer: optimizer(&config)?,
             objective,
@@ -212,6 +230,7 @@ impl Trainer {
             ema,
             tail,
             tail_init,
+            loss_ids,
             source,
             bank,
             schedule,
@@ -401,7 +420,8 @@ impl Trainer {
         };
         let (a1, ac1, tc1) = self.forward(&self.params, x1)?;
         let (z1, hc1) = self.head(&self.params, a1.view())?;
-        let mut grads = Params::new();
+        // Same layout as the parameters: gradients accumulate by handle.
+        let mut grads = self.params.empty_like();
         let (value, dz1, view2) = match bank_loss {
             Some((bank, keys)) => {
                 let out = match self.objective {
@@ -446,25 +466,32 @@ impl Trainer {
                         (out.value, out.grad_z1, out.grad_z2)
                     }
                     Objective::Sigmoid => {
+                        let [t_id, b_id] = self.loss_ids()?;
                         let sp = SigmoidParams {
-                            t_prime: f64::from(self.params.get("loss.t_prime")?[[0]]),
-                            bias: f64::from(self.params.get("loss.bias")?[[0]]),
+                            t_prime: f64::from(self.params.get_by(t_id, SIGMOID_T_PRIME)?[[0]]),
+                            bias: f64::from(self.params.get_by(b_id, SIGMOID_BIAS)?[[0]]),
                         };
                         let out = loss::sigmoid_loss(z1.view(), z2.view(), sp)?;
-                        grads.insert(
-                            "loss.t_prime",
+                        grads.accumulate_at(
+                            t_id,
+                            SIGMOID_T_PRIME,
                             ArrayD::from_elem(vec![1], out.grad_t_prime as f32),
-                        );
-                        grads.insert(
-                            "loss.bias",
+                        )?;
+                        grads.accumulate_at(
+                            b_id,
+                            SIGMOID_BIAS,
                             ArrayD::from_elem(vec![1], out.grad_bias as f32),
-                        );
+                        )?;
                         (out.value, out.grad_z1, out.grad_z2)
                     }
                     Objective::Ce => {
                         // Both views are classified; the loss is their mean.
-                        let w = matrix(self.params.get(CLASSIFIER_WEIGHT)?, CLASSIFIER_WEIGHT)?;
-                        let b = self.params.get(CLASSIFIER_BIAS)?;
+                        let [w_id, b_id] = self.loss_ids()?;
+                        let w = matrix(
+                            self.params.get_by(w_id, CLASSIFIER_WEIGHT)?,
+                            CLASSIFIER_WEIGHT,
+                        )?;
+                        let b = self.params.get_by(b_id, CLASSIFIER_BIAS)?;
                         let b = b
                             .view()
                             .into_dimensionality::<ndarray::Ix1>()
@@ -472,14 +499,16 @@ impl Trainer {
                         let o1 = loss::cross_entropy(z1.view(), labels, w, b)?;
                         let o2 = loss::cross_entropy(z2.view(), labels, w, b)?;
                         let half = |a: Array2<f32>| a.mapv(|v| 0.5 * v);
-                        grads.insert(
+                        grads.accumulate_at(
+                            w_id,
                             CLASSIFIER_WEIGHT,
                             half(o1.grad_weight + o2.grad_weight).into_dyn(),
-                        );
-                        grads.insert(
+                        )?;
+                        grads.accumulate_at(
+                            b_id,
                             CLASSIFIER_BIAS,
                             (0.5 * (o1.grad_bias + o2.grad_bias)).into_dyn(),
-                        );
+                        )?;
                         (
                             0.5 * (o1.value + o2.value),
                             half(o1.grad_z),
@@ -496,12 +525,18 @@ impl Trainer {
                         let t1 = self.ema_keys(x1)?;
                         let t2 = self.ema_keys(x2)?;
                         let out = loss::byol_symmetric(p1.view(), p2.view(), t1.view(), t2.view())?;
-                        let (dz1, g1) =
-                            predictor.backward(&self.params, &pc1, out.grad_p1.view())?;
-                        let (dz2, g2) =
-                            predictor.backward(&self.params, &pc2, out.grad_p2.view())?;
-                        grads.accumulate(g1)?;
-                        grads.accumulate(g2)?;
+                        let dz1 = predictor.backward(
+                            &self.params,
+                            &pc1,
+                            out.grad_p1.view(),
+                            &mut grads,
+                        )?;
+                        let dz2 = predictor.backward(
+                            &self.params,
+                            &pc2,
+                            out.grad_p2.view(),
+                            &mut grads,
+                        )?;
                         (out.value, dz1, dz2)
                     }
                 };
@@ -519,15 +554,15 @@ impl Trainer {
             backward.push((hc2, ac2, tc2, dz2));
         }
         for (hc, ac, tc, dz) in backward {
-            let (da, gh) = match (hc, &self.head) {
-                (Some(hc), Some(head)) => head.backward(&self.params, hc, dz.view())?,
-                _ => (dz.clone(), Params::new()),
+            let da = match (hc, &self.head) {
+                (Some(hc), Some(head)) => head.backward(&self.params, hc, dz.view(), &mut grads)?,
+                _ => dz.clone(),
             };
-            let (dx, ga) = self.adapter.backward(&self.params, ac, da.view())?;
-            grads.accumulate(gh)?;
-            grads.accumulate(ga)?;
+            let dx = self
+                .adapter
+                .backward(&self.params, ac, da.view(), &mut grads)?;
             if let (Some(spec), Some(tc)) = (&self.tail, tc) {
-                grads.accumulate(tail::backward(spec, &self.params, tc, dx.view())?)?;
+                tail::backward(spec, &self.params, tc, dx.view(), &mut grads)?;
             }
         }
         if let Some(name) = grads.first_non_finite() {
@@ -551,19 +586,8 @@ impl Trainer {
         if self.config.anchor > 0.0 {
             // θ ← θ + a·(θ₀ − θ).
             let a = self.config.anchor;
-            for (name, source) in self.source.iter() {
-                let current = self.params.get_mut(name)?;
-                if current.shape() != source.shape() {
-                    return Err(TrainError::Config(format!(
-                        "{name} is {:?}, its source weights {:?}",
-                        current.shape(),
-                        source.shape()
-                    )));
-                }
-                ndarray::Zip::from(current)
-                    .and(source)
-                    .for_each(|t, &s0| *t += a * (s0 - *t));
-            }
+            self.params
+                .zip_mut_with(&self.source, |t, s0| *t += a * (s0 - *t))?;
         }
         let momentum = self.config.momentum;
         self.ema.ema_update(&self.params, momentum)?;
@@ -646,6 +670,13 @@ impl Trainer {
             f64::NAN
         } else {
             total / steps as f64
+        })
+    }
+
+    /// The handles of the objective's own two parameters.
+    fn loss_ids(&self) -> Result<[ParamId; 2], TrainError> {
+        self.loss_ids.ok_or_else(|| {
+            TrainError::Config(format!("{} holds no parameters of its own", self.objective))
         })
     }
 
