@@ -137,8 +137,9 @@ pub struct Args {
     pub stream: bool,
     /// Drift guard: after every step, pull the adapter (and tail) back
     /// toward the source weights by this fraction of the way (0: off; e.g.
-    /// 0.01 for a long --stream). With --val the best epoch is exported
-    /// anyway; the anchor is for runs nobody checks.
+    /// 0.1 for a long --stream at lr 1e-3: weights stay within about
+    /// lr / A of their source, README "A long stream"). With --val the best
+    /// epoch is exported anyway; the anchor is for runs nobody checks.
     #[arg(long, default_value_t = defaults().anchor, value_name = "A")]
     pub anchor: f32,
     /// Use only the first N training images.
