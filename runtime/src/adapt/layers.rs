@@ -355,10 +355,7 @@ impl Layer {
             .zip(self.graph.params())
             .enumerate()
             .map(|(i, (key, spec))| {
-                let t = match self.ids.get(i) {
-                    Some(&id) => p.get_by(id, key)?,
-                    None => p.get(key)?,
-                };
+                let t = p.get_resolved(self.ids.get(i).copied(), key)?;
                 check_shape(key, t, &spec.shape)?;
                 Ok(t)
             })

@@ -95,18 +95,28 @@ fn check_hyper(name: &'static str, value: f32, ok: bool, requirement: &'static s
     }
 }
 
+/// `got` must have `expected`'s shape; `name` (built only on a mismatch)
+/// says which tensor.
+fn check_shape(
+    name: impl FnOnce() -> String,
+    got: &ArrayD<f32>,
+    expected: &ArrayD<f32>,
+) -> Result<()> {
+    if got.shape() != expected.shape() {
+        return Err(ParamsError::Shape {
+            name: name(),
+            got: got.shape().to_vec(),
+            expected: expected.shape().to_vec(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// Checks every gradient against `params` before anything is written.
 fn validate_grads(params: &Params, grads: &Params) -> Result<()> {
     for (id, name, g) in grads.iter_ids() {
-        let w = params.get_by(id, name)?;
-        if w.shape() != g.shape() {
-            return Err(ParamsError::Shape {
-                name: name.to_owned(),
-                got: g.shape().to_vec(),
-                expected: w.shape().to_vec(),
-            }
-            .into());
-        }
+        check_shape(|| name.to_owned(), g, params.get_by(id, name)?)?;
         if g.iter().any(|v| !v.is_finite()) {
             return Err(OptimError::NonFinite(name.to_owned()));
         }
@@ -126,15 +136,7 @@ fn check_buffers(buffers: &mut Params, kind: &str, params: &Params, grads: &Para
         if grads.get_by(id, name).is_err() {
             continue;
         }
-        let w = params.get_by(id, name)?;
-        if buf.shape() != w.shape() {
-            return Err(ParamsError::Shape {
-                name: format!("{kind}.{name}"),
-                got: buf.shape().to_vec(),
-                expected: w.shape().to_vec(),
-            }
-            .into());
-        }
+        check_shape(|| format!("{kind}.{name}"), buf, params.get_by(id, name)?)?;
     }
     Ok(())
 }
@@ -443,15 +445,7 @@ impl Optimizer for AdamW {
             ));
         }
         for (name, mb) in m.iter() {
-            let vb = v.get(name)?;
-            if vb.shape() != mb.shape() {
-                return Err(ParamsError::Shape {
-                    name: format!("adamw.v.{name}"),
-                    got: vb.shape().to_vec(),
-                    expected: mb.shape().to_vec(),
-                }
-                .into());
-            }
+            check_shape(|| format!("adamw.v.{name}"), v.get(name)?, mb)?;
         }
         if step == 0 && !m.is_empty() {
             return Err(OptimError::InvalidState(

@@ -83,6 +83,16 @@ struct Layout {
     index: BTreeMap<String, usize>,
 }
 
+impl Layout {
+    /// The handle of `slot`.
+    fn id(&self, slot: usize) -> ParamId {
+        ParamId {
+            slot,
+            tag: self.tags[slot],
+        }
+    }
+}
+
 fn tag(name: &str) -> u64 {
     let mut h = DefaultHasher::new();
     name.hash(&mut h);
@@ -149,10 +159,7 @@ impl Params {
     /// [`Params::at`]).
     pub fn id(&self, name: &str) -> Result<ParamId, ParamsError> {
         match self.layout.index.get(name) {
-            Some(&slot) if self.values[slot].is_some() => Ok(ParamId {
-                slot,
-                tag: self.layout.tags[slot],
-            }),
+            Some(&slot) if self.values[slot].is_some() => Ok(self.layout.id(slot)),
             _ => Err(ParamsError::Missing(name.to_owned())),
         }
     }
@@ -169,14 +176,6 @@ impl Params {
             .ok_or(ParamsError::Handle(id))
     }
 
-    /// [`Params::at`], mutable.
-    pub fn at_mut(&mut self, id: ParamId) -> Result<&mut ArrayD<f32>, ParamsError> {
-        match self.slot(id) {
-            Some(s) => self.values[s].as_mut().ok_or(ParamsError::Handle(id)),
-            None => Err(ParamsError::Handle(id)),
-        }
-    }
-
     /// The slot of `name`, by its handle `id` when this store shares the
     /// layout `id` came from, else by the name.
     fn find(&self, id: ParamId, name: &str) -> Option<usize> {
@@ -190,6 +189,19 @@ impl Params {
         self.find(id, name)
             .and_then(|s| self.values[s].as_ref())
             .ok_or_else(|| ParamsError::Missing(name.to_owned()))
+    }
+
+    /// By handle when one was resolved ([`Params::get_by`]), else by name: a
+    /// layer's or tail's parameter, resolved or not.
+    pub fn get_resolved(
+        &self,
+        id: Option<ParamId>,
+        name: &str,
+    ) -> Result<&ArrayD<f32>, ParamsError> {
+        match id {
+            Some(id) => self.get_by(id, name),
+            None => self.get(name),
+        }
     }
 
     /// [`Params::get_by`], mutable.
@@ -209,13 +221,9 @@ impl Params {
     pub fn iter_ids(&self) -> impl Iterator<Item = (ParamId, &str, &ArrayD<f32>)> {
         let layout = &self.layout;
         layout.index.iter().filter_map(move |(k, &slot)| {
-            self.values[slot].as_ref().map(|v| {
-                let id = ParamId {
-                    slot,
-                    tag: layout.tags[slot],
-                };
-                (id, k.as_str(), v)
-            })
+            self.values[slot]
+                .as_ref()
+                .map(|v| (layout.id(slot), k.as_str(), v))
         })
     }
 
@@ -323,11 +331,7 @@ impl Params {
         let Params { layout, values } = other;
         for (slot, g) in values.into_iter().enumerate() {
             if let Some(g) = g {
-                let id = ParamId {
-                    slot,
-                    tag: layout.tags[slot],
-                };
-                self.accumulate_at(id, &layout.names[slot], g)?;
+                self.accumulate_at(layout.id(slot), &layout.names[slot], g)?;
             }
         }
         Ok(())
@@ -410,11 +414,7 @@ impl Params {
         for (slot, target) in self.values.iter_mut().enumerate() {
             let Some(target) = target else { continue };
             let name = &layout.names[slot];
-            let id = ParamId {
-                slot,
-                tag: layout.tags[slot],
-            };
-            let src = online.get_by(id, name)?;
+            let src = online.get_by(layout.id(slot), name)?;
             check_shape(name, target.view(), src.view())?;
             Zip::from(target)
                 .and(src)

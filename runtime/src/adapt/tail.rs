@@ -387,16 +387,13 @@ impl TailSpec {
     }
 
     fn bind<'a>(&self, p: &'a Params) -> Result<Vec<&'a ArrayD<f32>>> {
-        let tensors = match self.ids.len() {
-            0 => self.keys.iter().map(|k| p.get(k)).collect(),
-            _ => self
-                .keys
-                .iter()
-                .zip(&self.ids)
-                .map(|(k, &id)| p.get_by(id, k))
-                .collect::<Result<_, _>>(),
-        };
-        Ok(tensors?)
+        let tensors = self
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| p.get_resolved(self.ids.get(i).copied(), k))
+            .collect::<Result<_, _>>()?;
+        Ok(tensors)
     }
 }
 
