@@ -74,16 +74,18 @@ fn best_peer(runs: Vec<serde_json::Value>) -> Option<serde_json::Value> {
     let mut runs = runs.into_iter();
     let mut best = runs.next()?;
     for run in runs {
-        let Some(rows) = run["embed"].as_array() else {
-            continue;
-        };
-        for row in rows {
-            if let Some(slot) = best["embed"].as_array_mut().and_then(|b| {
-                b.iter_mut()
-                    .find(|r| r["threads"] == row["threads"] && r["batch"] == row["batch"])
-            }) {
-                if row["images_per_sec"].as_f64() > slot["images_per_sec"].as_f64() {
-                    *slot = row.clone();
+        for list in ["embed", "encoder_only"] {
+            let Some(rows) = run[list].as_array() else {
+                continue;
+            };
+            for row in rows {
+                if let Some(slot) = best[list].as_array_mut().and_then(|b| {
+                    b.iter_mut()
+                        .find(|r| r["threads"] == row["threads"] && r["batch"] == row["batch"])
+                }) {
+                    if row["images_per_sec"].as_f64() > slot["images_per_sec"].as_f64() {
+                        *slot = row.clone();
+                    }
                 }
             }
         }
@@ -111,7 +113,6 @@ fn main() {
     let t = Instant::now();
     let tensors = pre.batch(&images).expect("preprocess");
     let pre_rate = n as f64 / t.elapsed().as_secs_f64();
-    drop(tensors);
 
     // tract always; ONNX Runtime when built with `--features ort` and
     // ORT_DYLIB_PATH names a library.
@@ -138,6 +139,10 @@ fn main() {
         encoders.push((*runtime, threads, encoder));
     }
     let mut rows: Vec<Row> = Vec::new();
+    // The encoder alone on the preprocessed tensors, batch 32: (runtime,
+    // threads, best images/s). Beside the peer's own, it shows how much of a
+    // pipeline ratio is the encoder and how much the pipeline around it.
+    let mut alone: Vec<(&str, usize, f64)> = Vec::new();
     let mut peers: Vec<serde_json::Value> = Vec::new();
     for _ in 0..rounds {
         for (runtime, threads, encoder) in encoders.iter_mut() {
@@ -180,8 +185,25 @@ fn main() {
                 }
             }
         }
+        for (runtime, threads, encoder) in encoders.iter_mut() {
+            let t = Instant::now();
+            for start in (0..n).step_by(ALONE_BATCH) {
+                let end = (start + ALONE_BATCH).min(n);
+                let batch = tensors.slice(ndarray::s![start..end, .., .., ..]);
+                std::hint::black_box(encoder.run(batch).expect("encoder run"));
+            }
+            let rate = n as f64 / t.elapsed().as_secs_f64();
+            match alone
+                .iter_mut()
+                .find(|(r, th, _)| r == runtime && th == threads)
+            {
+                Some((_, _, best)) => *best = best.max(rate),
+                None => alone.push((*runtime, *threads, rate)),
+            }
+        }
         peers.extend(run_peer(&manifest, &images_path, n));
     }
+    drop(tensors);
     let peer = best_peer(peers);
     // Peak RSS of each backend alone: the same work in a fresh process each.
     let rss_of = |name: &str, threads: usize| -> Option<f64> {
@@ -241,6 +263,25 @@ fn main() {
             );
         }
     }
+    let peer_alone = |threads: usize| {
+        peer.as_ref()?
+            .get("encoder_only")?
+            .as_array()?
+            .iter()
+            .find(|r| r["threads"].as_u64() == Some(threads as u64))?["images_per_sec"]
+            .as_f64()
+    };
+    println!(
+        "\nencoder alone (the preprocessed tensors, batch {ALONE_BATCH}, same rounds):\n{:<14} {:>7} {:>12} {:>14} {:>10}",
+        "runtime", "threads", "images/s", "py-ORT img/s", "vs py-ORT"
+    );
+    for (runtime, threads, rate) in &alone {
+        let (py, ratio) = match peer_alone(*threads) {
+            Some(v) => (format!("{v:.1}"), format!("{:.2}", rate / v)),
+            None => ("-".into(), "-".into()),
+        };
+        println!("{runtime:<14} {threads:>7} {rate:>12.1} {py:>14} {ratio:>10}");
+    }
     let peer_pre = peer
         .as_ref()
         .and_then(|p| p["preprocess_images_per_sec"].as_f64());
@@ -258,6 +299,9 @@ fn main() {
             "images_per_sec": r.images_per_sec, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
         })).collect::<Vec<_>>(),
         "peer": peer,
+        "encoder_only": alone.iter().map(|(r, t, v)| serde_json::json!({
+            "runtime": r, "threads": t, "batch": ALONE_BATCH, "images_per_sec": v,
+        })).collect::<Vec<_>>(),
         "preprocess_images_per_sec": pre_rate,
         "peak_rss_mb": rss.iter().map(|(r, mb, _)| (r.to_string(), serde_json::json!(mb))).collect::<serde_json::Map<_, _>>(),
         "peak_rss_mb_2_threads": rss.iter().map(|(r, _, mb)| (r.to_string(), serde_json::json!(mb))).collect::<serde_json::Map<_, _>>(),
@@ -312,7 +356,30 @@ fn main() {
         "  ort 2 threads / python ORT+PIL 2 threads: {} (>= 1.5x)",
         ratio(rate("edgeclr/ort", 2, 32), peer_rate(2, 32))
     );
+    // What the last ratio could be if preprocessing cost nothing: ONNX
+    // Runtime's own speed over the peer's pipeline. Both backends call the
+    // same library, so a pipeline ratio above this needs a faster encoder.
+    println!(
+        "  ceiling of that ratio (python ORT alone, 2 threads / python ORT+PIL 2 threads): {}",
+        ratio(peer_alone(2), peer_rate(2, 32))
+    );
+    let alone_rate = |runtime: &str, threads: usize| {
+        alone
+            .iter()
+            .find(|(r, t, _)| *r == runtime && *t == threads)
+            .map(|(_, _, v)| *v)
+    };
+    println!(
+        "  tract alone 2 threads / 1 thread: {}",
+        ratio(
+            alone_rate("edgeclr/tract", 2),
+            alone_rate("edgeclr/tract", 1)
+        )
+    );
 }
+
+/// The batch of the encoder-alone rows.
+const ALONE_BATCH: usize = 32;
 
 /// Child mode: embed `n` images at batch 32 with one backend, print peak RSS.
 fn rss_only(manifest: &Manifest, backend: &str, n: usize) {
