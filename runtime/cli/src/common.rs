@@ -104,23 +104,27 @@ pub fn resolve_model(model: Option<&Path>) -> PathBuf {
     if let Some(env) = std::env::var_os("EDGECLR_MODEL") {
         return PathBuf::from(env);
     }
-    let local = PathBuf::from(DEFAULT_MODEL);
-    if local.exists() {
-        return local;
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(DEFAULT_MODEL)
+    shipped(DEFAULT_MODEL)
 }
 
-/// The shipped data directory, relative to the working directory or the source tree.
+/// A shipped file or directory (`models/…`, `data/…`): relative to the
+/// working directory when it is there, else in the source tree this binary
+/// was built from, so `edgeclr demo` works from any directory on the build
+/// machine.
 pub fn shipped(path: &str) -> PathBuf {
     let local = PathBuf::from(path);
     if local.exists() {
         local
     } else {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+        source_root().join(path)
     }
+}
+
+/// The repository root: this crate lives in `runtime/cli/`, two levels
+/// below it (one level was right before the CLI became its own crate, and
+/// sent the fallback to `runtime/models/…`).
+fn source_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// A progress bar over `len` items (hidden when stderr is not a terminal).

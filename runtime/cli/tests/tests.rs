@@ -5,4 +5,5 @@
 mod common;
 
 mod adapt_diag;
+mod defaults;
 mod resume;
