@@ -269,7 +269,10 @@ fn entry(key: &str, value: &str) -> pb::StringStringEntryProto {
 /// itself when nothing is pooled. A grid becomes one `AveragePool` whose
 /// windows are exactly PyTorch's adaptive bins, so only grids that divide
 /// the map are exported; others are refused.
-fn append_pooling(proto: &mut pb::ModelProto, manifest: &Manifest) -> Result<String, ExportError> {
+pub(super) fn append_pooling(
+    proto: &mut pb::ModelProto,
+    manifest: &Manifest,
+) -> Result<String, ExportError> {
     use crate::manifest::Pool;
     let embedding = &manifest.outputs.embedding;
     let pool = manifest.outputs.pool;

@@ -462,6 +462,9 @@ pub enum TrunkError {
     Model(#[from] crate::backend::ModelError),
     #[error(transparent)]
     Onnx(#[from] crate::onnx::OnnxError),
+    /// The manifest's pooling could not be written as ONNX nodes.
+    #[error("pooling the tap for training: {0}")]
+    Pool(#[from] Box<super::export::ExportError>),
     #[error("cannot write {path}: {source}")]
     Io {
         path: std::path::PathBuf,
@@ -470,15 +473,24 @@ pub enum TrunkError {
 }
 
 /// Reads `manifest`'s model (checking its sha256) and finds its tail layers.
+///
+/// A manifest that pools a feature map (`pool = "mean"`, a grid, `flatten`)
+/// gets that pooling appended as the ONNX nodes export writes for it
+/// (`AveragePool` + `Flatten`), so the tail ends in the flat embedding the
+/// manifest promises and the blocks *below* a pooled tap can train: the
+/// engine differentiates those nodes like any others, and export puts the
+/// trained initialisers back into the same graph. Block counting is
+/// unchanged: the tap is still the last block output.
 pub fn load_tail(
     manifest: &crate::Manifest,
     choice: &TailChoice,
     scope: ParamScope,
 ) -> Result<(TailSpec, Params), TrunkError> {
-    let proto = crate::onnx::load_verified(manifest)?;
+    let mut proto = crate::onnx::load_verified(manifest)?;
+    let embedding = super::export::append_pooling(&mut proto, manifest).map_err(Box::new)?;
     Ok(TailSpec::from_model(
         &proto,
-        &manifest.outputs.embedding,
+        &embedding,
         choice,
         &manifest.input.shape,
         scope,
@@ -519,6 +531,9 @@ pub fn write_trunk(
     out.classes = None;
     out.outputs.embedding = spec.cut.clone();
     out.outputs.embedding_dim = shape.iter().product();
+    // The model's pooling belongs to the tail (see `load_tail`), never to
+    // the cut tensor.
+    out.outputs.pool = crate::manifest::Pool::Flatten;
     out.outputs.logits = None;
     out.outputs.num_classes = None;
     Ok(out)
