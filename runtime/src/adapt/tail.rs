@@ -532,8 +532,8 @@ pub fn write_trunk(
     out.outputs.embedding = spec.cut.clone();
     out.outputs.embedding_dim = shape.iter().product();
     // The model's pooling belongs to the tail (see `load_tail`), never to
-    // the cut tensor.
-    out.outputs.pool = crate::manifest::Pool::Flatten;
+    // the cut tensor, which is passed on whole (`none` flattens any rank).
+    out.outputs.pool = crate::manifest::Pool::None;
     out.outputs.logits = None;
     out.outputs.num_classes = None;
     Ok(out)
