@@ -368,16 +368,13 @@ fn checkpoint_with_a_tail_refuses_a_resume_without_it() {
     assert!(err.to_string().contains("--train-tail"), "{err}");
 }
 
-/// The inference-only adapted model (`adapt::adapted`) embeds exactly as the
-/// trainer does, from its parameters or its checkpoint, and holds nothing but
-/// the adapter and the trained layers.
 /// A pooled tap (`features.13` grid-pooled to 7×7): the pooling becomes the
 /// tail's last nodes, so the blocks below the tap train. The tail's forward
 /// at its initial weights on the written trunk's output is the tap's own
 /// embedding from tract (pool included), and block counting ends at the tap.
 #[test]
 fn a_pooled_tap_trains_the_blocks_below_it() {
-    use crate::common::{max_abs_diff, read_npy_f32};
+    use crate::common::{coffee, max_abs_diff};
     use edgeclr::{Encoder, LoadOptions, TractEncoder};
     let manifest = Manifest::load(&repo("models/mobilenet_v2_f13_grid7")).unwrap();
     let (spec, init) = tail::load_tail(&manifest, &TailChoice::Blocks(2), ParamScope::All).unwrap();
@@ -398,10 +395,7 @@ fn a_pooled_tap_trains_the_blocks_below_it() {
     let dir = std::env::temp_dir().join(format!("edgeclr-tap-tail-{}", std::process::id()));
     let trunk = tail::write_trunk(&manifest, &spec, &dir).unwrap();
     assert_eq!(trunk.outputs.embedding_dim, 96 * 14 * 14);
-    let image = read_npy_f32("preprocess_coffee.npy")
-        .into_dimensionality::<ndarray::Ix3>()
-        .unwrap()
-        .insert_axis(ndarray::Axis(0));
+    let image = coffee();
     let load = |m: &Manifest| TractEncoder::load(m, &LoadOptions::default()).unwrap();
     let cut = load(&trunk).run(image.view()).unwrap().embedding;
     let want = load(&manifest).run(image.view()).unwrap().embedding;
@@ -414,6 +408,9 @@ fn a_pooled_tap_trains_the_blocks_below_it() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The inference-only adapted model (`adapt::adapted`) embeds exactly as the
+/// trainer does, from its parameters or its checkpoint, and holds nothing but
+/// the adapter and the trained layers.
 #[test]
 fn adapted_model_embeds_as_the_trainer_does() {
     use edgeclr::adapt::adapted::AdaptedModel;

@@ -5,12 +5,12 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use crate::common::{max_abs_diff, read_npy_f32, repo};
+use crate::common::{coffee, max_abs_diff, repo};
 use edgeclr::adapt::export::{export_adapted, ExportError};
 use edgeclr::adapt::{Params, ParamsError};
 use edgeclr::backend::{load_encoder, Backend};
 use edgeclr::{Encoder, EncoderOutput, LoadOptions, Manifest, TractEncoder};
-use ndarray::{Array1, Array2, Array4, ArrayD, Axis, Ix1, Ix2, Ix3, IxDyn};
+use ndarray::{Array1, Array2, Array4, ArrayD, Axis, Ix1, Ix2, IxDyn};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -83,13 +83,6 @@ fn adapter_forward(adapter: &Params, x: &Array2<f32>) -> Array2<f32> {
     };
     let h = (x.dot(&w("adapter.down.weight").t()) + b("adapter.down.bias")).mapv(|v| v.max(0.0));
     x + &(h.dot(&w("adapter.up.weight").t()) + b("adapter.up.bias"))
-}
-
-fn coffee() -> Array4<f32> {
-    read_npy_f32("preprocess_coffee.npy")
-        .into_dimensionality::<Ix3>()
-        .unwrap()
-        .insert_axis(Axis(0))
 }
 
 fn run_tract(manifest: &Manifest, input: &Array4<f32>) -> EncoderOutput {

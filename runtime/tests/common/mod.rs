@@ -25,6 +25,15 @@ pub fn read_npy_f32(name: &str) -> ArrayD<f32> {
     ArrayD::<f32>::read_npy(file).expect("f32 npy")
 }
 
+/// The preprocessed coffee photo (`tests/data/preprocess_coffee.npy`) as a
+/// batch of one, `[1, 3, 224, 224]`.
+pub fn coffee() -> ndarray::Array4<f32> {
+    read_npy_f32("preprocess_coffee.npy")
+        .into_dimensionality::<ndarray::Ix3>()
+        .unwrap()
+        .insert_axis(ndarray::Axis(0))
+}
+
 /// Largest absolute element-wise difference.
 pub fn max_abs_diff<D: Dimension, E: Dimension>(a: ArrayView<f32, D>, b: ArrayView<f32, E>) -> f32 {
     assert_eq!(a.shape(), b.shape(), "shapes differ");
